@@ -1,0 +1,107 @@
+"""The composition root: `create_app` builds the store, the hub and the routes, and wires
+them together. Nothing else constructs these; tests build the real app through here."""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+from collections.abc import AsyncIterator
+
+import httpx
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from relay.auth import Access, Tokens
+from relay.errors import ApiError, StoreError
+from relay.fanout.hub import Hub
+from relay.fanout.jobs_api import JobsApi
+from relay.fanout.sse import Streams
+from relay.ingest.recorder import Recorder
+from relay.ingest.tracking import Tracking
+from relay.ingest.webhooks import WebhookReceiver
+from relay.metrics import Metrics
+from relay.settings import Settings
+from relay.store import Store, open_store
+from relay.web import RequestIdMiddleware, api_error, error_response, http_error, server_error
+
+
+def create_app(settings: Settings, *, store: Store | None = None,
+               http: httpx.AsyncClient | None = None) -> Starlette:
+    """The relay as an ASGI app. `store` and `http` replace the ones `settings` would make."""
+    store = store if store is not None else open_store(settings.server.store)
+    metrics = Metrics()
+    tokens = Tokens(settings.server.secret) if settings.server.secret else Tokens()
+    access = Access(settings.server.api_keys, tokens)
+    hub = Hub(store, metrics)
+    recorder = Recorder(store, metrics)
+    webhooks = WebhookReceiver(settings, recorder, tokens, metrics)
+    tracking = Tracking(settings, recorder, access, tokens)
+    streams = Streams(store, hub, access, tokens, settings.server.heartbeat)
+    jobs = JobsApi(store, hub, access)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await store.open()
+        try:
+            if not settings.server.secret:
+                tokens.use_secret(await store.secret("relay", lambda: secrets.token_hex(32)))
+            await hub.start()
+            try:
+                yield
+            finally:
+                await hub.stop()
+        finally:
+            await store.close()
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        try:
+            await store.ping()
+        except StoreError as exc:
+            return error_response(request, 503, "unavailable", "the store is unreachable",
+                                  {"store": str(exc)})
+        return JSONResponse({"status": "ready"})
+
+    async def metrics_page(request: Request) -> Response:
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    routes = [
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+        Route("/metrics", metrics_page),
+        Route("/hooks/{provider}", webhooks.receive, methods=["POST"]),
+        Route("/hooks/{provider}/{token}", webhooks.receive, methods=["POST"]),
+        Route("/v1/jobs", tracking.track, methods=["POST"]),
+        Route("/v1/jobs", jobs.list, methods=["GET"]),
+        Route("/v1/jobs/{id}", jobs.get, methods=["GET"]),
+        Route("/v1/jobs/{id}/history", jobs.history, methods=["GET"]),
+        Route("/v1/jobs/{id}/events", streams.job_events, methods=["GET"]),
+        Route("/v1/events", streams.events, methods=["GET"]),
+        Route("/v1/tokens", streams.create_token, methods=["POST"]),
+    ]
+    middleware = [Middleware(RequestIdMiddleware)]
+    if settings.server.cors_origins:
+        middleware.append(Middleware(
+            CORSMiddleware, allow_origins=list(settings.server.cors_origins),
+            allow_methods=["GET", "POST", "DELETE"], allow_headers=["*"],
+            expose_headers=["X-Request-ID"]))
+    app = Starlette(
+        routes=routes, middleware=middleware, lifespan=lifespan,
+        exception_handlers={ApiError: api_error, HTTPException: http_error,
+                            StoreError: store_unavailable, Exception: server_error})
+    app.state.stopping = hub.stopping
+    app.state.store = store
+    app.state.metrics = metrics
+    return app
+
+
+async def store_unavailable(request: Request, exc: Exception) -> Response:
+    return error_response(request, 503, "unavailable", "the store is unavailable; retry",
+                          headers={"Retry-After": "1"})

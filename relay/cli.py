@@ -1,0 +1,73 @@
+"""The `relay` command: `relay serve`, `relay demo`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from relay.app import create_app
+from relay.errors import ConfigError, StoreError
+from relay.server import bind, make_server
+from relay.settings import Settings, load_settings
+from relay.store import open_store
+
+logger = logging.getLogger(__name__)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "run"):
+        parser.print_help()
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.run(args))
+    except (ConfigError, StoreError) as exc:
+        print(f"relay: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="relay", description="Webhook receiver and job-status relay.")
+    commands = parser.add_subparsers(title="commands")
+    serve = commands.add_parser("serve", help="run the relay (uvicorn)")
+    serve.add_argument("--config", help="TOML file (default: $RELAY_CONFIG, else ./relay.toml)")
+    serve.add_argument("--host", help="overrides server.host and RELAY_HOST")
+    serve.add_argument("--port", type=int, help="overrides server.port, RELAY_PORT and PORT")
+    serve.set_defaults(run=_serve)
+    return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    asyncio.run(_check_store(settings))
+    app = create_app(settings)
+    sock = bind(settings.server.host, settings.server.port)
+    logger.info("relay listening on http://%s:%s (store %s)", settings.server.host,
+                sock.getsockname()[1], settings.server.store)
+    make_server(app, log_level="info").run(sockets=[sock])
+    return 0
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    environ = dict(os.environ)
+    if args.host:
+        environ["RELAY_HOST"] = args.host
+    if args.port is not None:
+        environ["RELAY_PORT"] = str(args.port)
+    return load_settings(args.config, environ)
+
+
+async def _check_store(settings: Settings) -> None:
+    """Open and close the store once, so a bad store URL fails here with one line."""
+    store = open_store(settings.server.store)
+    await store.open()
+    await store.close()

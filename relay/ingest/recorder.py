@@ -1,0 +1,82 @@
+"""Folding provider updates into the store, whichever way they came (webhook, poll, API)."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from relay.metrics import Metrics
+from relay.models import Job, Source, Update, isoformat, utcnow
+from relay.normalise import merge
+from relay.settings import ProviderSettings
+from relay.store import Applied, Store
+
+logger = logging.getLogger(__name__)
+
+
+def new_job(provider: ProviderSettings, external_id: str, *, topics: Sequence[str] = (),
+            metadata: Mapping[str, Any] | None = None, now: str) -> Job:
+    """A freshly tracked job: queued, with its `job:` and `provider:` topics first."""
+    job_id = secrets.token_hex(12)
+    builtin = (f"job:{job_id}", f"provider:{provider.name}")
+    return Job(id=job_id, provider=provider.name, schema=provider.schema.value,
+               external_id=external_id,
+               topics=builtin + tuple(t for t in dict.fromkeys(topics) if t not in builtin),
+               metadata=dict(metadata or {}), created_at=now, updated_at=now)
+
+
+class Recorder:
+    """The one way updates enter the store, so webhook and poll follow the same merge rules."""
+
+    def __init__(self, store: Store, metrics: Metrics) -> None:
+        self.store = store
+        self.metrics = metrics
+        self._unknown_words: set[tuple[str, str]] = set()
+
+    async def record(self, provider: ProviderSettings, update: Update, source: Source,
+                     dedupe_key: str | None = None) -> Applied:
+        """Merge `update` into its job, tracking the job if it is new."""
+        if update.state is None:
+            self._unknown_word(provider.name, update.provider_status)
+        received = isoformat(update.received_at)
+
+        def change(current: Job | None) -> Job | None:
+            job = current or new_job(provider, update.external_id, now=received)
+            return merge(job, update)
+
+        applied = await self.store.apply(provider.name, update.external_id, change,
+                                         source=source, received_at=received,
+                                         dedupe_key=dedupe_key)
+        if applied.event is not None:
+            self.metrics.events.labels(source.value).inc()
+        return applied
+
+    async def track(self, provider: ProviderSettings, external_id: str, *,
+                    topics: Sequence[str] = (), metadata: Mapping[str, Any] | None = None
+                    ) -> Applied:
+        """Start tracking a job; `applied.event` is None when it was tracked already."""
+        now = isoformat(utcnow())
+
+        def change(current: Job | None) -> Job | None:
+            if current is not None:
+                return None
+            return new_job(provider, external_id, topics=topics, metadata=metadata,
+                           now=now).replace(version=1)
+
+        applied = await self.store.apply(provider.name, external_id, change, source=Source.API,
+                                         received_at=now)
+        if applied.event is not None:
+            self.metrics.events.labels(Source.API.value).inc()
+        return applied
+
+    def _unknown_word(self, provider: str, word: str) -> None:
+        # Words are labels, so past a hundred distinct ones they are counted as "other".
+        seen = (provider, word) in self._unknown_words
+        if not seen and len(self._unknown_words) < 100:
+            self._unknown_words.add((provider, word))
+            logger.warning("provider %s sent unknown status word %r; the job keeps its state",
+                           provider, word)
+            seen = True
+        self.metrics.unknown_status.labels(provider, word if seen else "other").inc()

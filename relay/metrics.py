@@ -1,0 +1,31 @@
+"""Prometheus metrics, one registry per app (so tests and several apps in one process never
+share counts). Every name starts with `relay_`."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.webhooks = Counter("relay_webhooks", "Webhook deliveries by provider and outcome",
+                                ["provider", "outcome"], registry=r)
+        self.unknown_status = Counter("relay_unknown_status_words",
+                                      "Provider status words the relay does not know",
+                                      ["provider", "word"], registry=r)
+        self.events = Counter("relay_events", "Job events stored, by source", ["source"],
+                              registry=r)
+        self.polls = Counter("relay_polls", "Provider polls by provider and outcome",
+                             ["provider", "outcome"], registry=r)
+        self.subscribers = Gauge("relay_subscribers", "Connected SSE subscribers", registry=r)
+        self.dropped_subscribers = Counter("relay_subscribers_dropped",
+                                           "SSE subscribers dropped for not keeping up",
+                                           registry=r)
+        self.delivery_lag = Histogram(
+            "relay_delivery_lag_seconds", "From an update's receipt to its fan-out",
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10), registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

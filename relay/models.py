@@ -1,0 +1,172 @@
+"""The normalised job model: what every provider schema is translated into.
+
+`Update` is what an adapter reads out of one provider payload; `Job` is the merged state the
+relay serves (CONTRACT section 2); `Event` is one stored change of a job, with its cursor.
+This module imports nothing from relay.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+JSON = dict[str, Any]
+
+
+class State(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL
+
+
+TERMINAL = frozenset({State.SUCCEEDED, State.FAILED, State.CANCELED})
+
+
+class Schema(StrEnum):
+    STORY = "story"
+    GENERATION = "generation"
+    JOBSTATUS = "jobstatus"
+
+    @property
+    def pushes_webhooks(self) -> bool:
+        return self is Schema.GENERATION
+
+
+class Source(StrEnum):
+    WEBHOOK = "webhook"
+    POLL = "poll"
+    API = "api"
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    """One provider report about one job, as read by a schema adapter.
+
+    `state` is None when the provider's status word is unknown: the job keeps its state and
+    `provider_status` records the word. Timestamps are ISO 8601 strings as the provider gave
+    them, or None.
+    """
+
+    external_id: str
+    provider_status: str
+    state: State | None
+    received_at: datetime
+    progress: float | None = None
+    stage: str | None = None
+    error: Mapping[str, str] | None = None
+    output: Mapping[str, Any] | None = None
+    created_at: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """The normalised job of CONTRACT section 2."""
+
+    id: str
+    provider: str
+    schema: str
+    external_id: str
+    state: State = State.QUEUED
+    provider_status: str | None = None
+    progress: float | None = None
+    stage: str | None = None
+    error: Mapping[str, str] | None = None
+    output: Mapping[str, Any] | None = None
+    topics: tuple[str, ...] = ()
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    created_at: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    updated_at: str | None = None
+    version: int = 0
+
+    @property
+    def terminal(self) -> bool:
+        return self.state.terminal
+
+    def replace(self, **changes: Any) -> Job:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> JSON:
+        return {
+            "id": self.id,
+            "provider": self.provider,
+            "schema": self.schema,
+            "external_id": self.external_id,
+            "state": self.state.value,
+            "terminal": self.terminal,
+            "provider_status": self.provider_status,
+            "progress": self.progress,
+            "stage": self.stage,
+            "error": dict(self.error) if self.error is not None else None,
+            "output": dict(self.output) if self.output is not None else None,
+            "topics": list(self.topics),
+            "metadata": dict(self.metadata),
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "updated_at": self.updated_at,
+            "version": self.version,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Job:
+        return cls(
+            id=data["id"],
+            provider=data["provider"],
+            schema=data["schema"],
+            external_id=data["external_id"],
+            state=State(data["state"]),
+            provider_status=data.get("provider_status"),
+            progress=data.get("progress"),
+            stage=data.get("stage"),
+            error=data.get("error"),
+            output=data.get("output"),
+            topics=tuple(data.get("topics") or ()),
+            metadata=data.get("metadata") or {},
+            created_at=data.get("created_at"),
+            started_at=data.get("started_at"),
+            finished_at=data.get("finished_at"),
+            updated_at=data.get("updated_at"),
+            version=data.get("version", 0),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One stored change of a job. `cursor` is opaque and orders events within a store."""
+
+    cursor: str
+    job: Job
+    source: Source
+    received_at: str
+
+    def to_dict(self) -> JSON:
+        return {
+            "cursor": self.cursor,
+            "received_at": self.received_at,
+            "source": self.source.value,
+            "job": self.job.to_dict(),
+        }
+
+
+def isoformat(moment: datetime) -> str:
+    """UTC timestamps as the API serves them: `2026-01-02T03:04:05.678Z`."""
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)

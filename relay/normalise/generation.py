@@ -1,0 +1,58 @@
+"""The `generation` schema (seed 001): `GET /v2/generate/{id}` and its webhook payload."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from relay.models import Update
+from relay.normalise import fields
+from relay.normalise.words import state_of
+
+
+def read(payload: object, received_at: datetime) -> Update:
+    """One generation status object (polled or pushed) as an update."""
+    data = fields.as_object(payload)
+    status = fields.required_text(data, "status", fields.MAX_WORD)
+    state = state_of(status)
+    progress = fields.number(data, "progress_percent", low=0, high=100)
+    return Update(
+        external_id=fields.required_text(data, "id"),
+        provider_status=status,
+        state=state,
+        received_at=received_at,
+        progress=None if progress is None else progress / 100,
+        error=_error(data, status),
+        output=_output(data) or None,
+        created_at=fields.text(data, "createdAt", limit=64),
+        metadata=fields.compact(
+            project_id=fields.text(data, "projectId", limit=fields.MAX_ID),
+            model=fields.text(data, "model", limit=fields.MAX_WORD),
+        ),
+    )
+
+
+def _error(data: Mapping[str, Any], status: str) -> dict[str, str] | None:
+    # The polled object says `errorCode`; the webhook payload says `error_code`.
+    code = fields.text(data, "errorCode", limit=fields.MAX_WORD) or fields.text(
+        data, "error_code", limit=fields.MAX_WORD)
+    message = fields.text(data, "error")
+    rejected = status.strip().upper() == "REJECTED"
+    if code is None and message is None and not rejected:
+        return None
+    fallback = "rejected" if rejected else "generation_failed"
+    return {"code": code or fallback, "message": message or ""}
+
+
+def _output(data: Mapping[str, Any]) -> dict[str, Any]:
+    # The provider's own field names, so its documentation explains the output.
+    return fields.compact(
+        outputUrl=fields.text(data, "outputUrl", limit=fields.MAX_URL),
+        outputDuration=fields.number(data, "outputDuration", low=0),
+        outputFileName=fields.text(data, "outputFileName", limit=fields.MAX_TEXT),
+        segments=fields.json_value(data, "segments"),
+        segmentOutputUrl=fields.text(data, "segmentOutputUrl", limit=fields.MAX_URL),
+        synthesizedAudioUrl=fields.text(data, "synthesizedAudioUrl", limit=fields.MAX_URL),
+    )
+

@@ -1,0 +1,40 @@
+"""The `jobstatus` schema (seed 003): `GET /getJobStatus?jobId=`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from relay.models import Update
+from relay.normalise import fields
+from relay.normalise.words import state_of
+
+
+def read(payload: object, received_at: datetime) -> Update:
+    """One jobstatus object as an update."""
+    data = fields.as_object(payload)
+    status = fields.required_text(data, "status", fields.MAX_WORD)
+    message = fields.text(data, "error_message")
+    return Update(
+        external_id=fields.required_text(data, "id"),
+        provider_status=status,
+        state=state_of(status),
+        received_at=received_at,
+        progress=_progress(data),
+        stage=fields.text(data, "progress_stage", limit=fields.MAX_TEXT),
+        error={"code": "job_failed", "message": message} if message else None,
+        created_at=fields.text(data, "created_at", limit=64),
+        metadata=fields.compact(
+            title=fields.text(data, "title"),
+            user_id=fields.text(data, "user_id", limit=fields.MAX_ID),
+            project_id=fields.text(data, "project_id", limit=fields.MAX_ID),
+        ),
+    )
+
+
+def _progress(data: Mapping[str, Any]) -> float | None:
+    progress = fields.number(data, "progress", low=0, high=100)
+    percent = fields.number(data, "percent_complete", low=0, high=100)
+    value = progress if progress is not None else percent
+    return None if value is None else value / 100

@@ -1,0 +1,82 @@
+"""The merge rules of CONTRACT section 2, as one pure function.
+
+Webhooks arrive late, twice and out of order, so an update is folded into the job under rules
+that make the order of arrival matter as little as possible:
+
+- a terminal state never changes again;
+- a state never moves back (queued < running < terminal), so a late `processing` after
+  `completed` changes nothing;
+- `progress` never goes backwards within a state;
+- an update that changes nothing is a duplicate: `merge` answers None and no event is made;
+- `version` counts the changes;
+- `started_at` and `finished_at` come from the provider when it gives them, else from the
+  receive time of the first update that implied them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from relay.models import Job, State, Update, isoformat
+
+_RANK = {State.QUEUED: 0, State.RUNNING: 1, State.SUCCEEDED: 2, State.FAILED: 2,
+         State.CANCELED: 2}
+
+
+def merge(job: Job, update: Update) -> Job | None:
+    """The job after `update`, or None when the update changes nothing."""
+    if job.terminal:
+        return None
+    state = _next_state(job.state, update.state)
+    same_state = state is job.state
+    received = isoformat(update.received_at)
+    merged = job.replace(
+        state=state,
+        provider_status=update.provider_status,
+        progress=_progress(job, update, state, same_state),
+        stage=update.stage or (job.stage if same_state else None),
+        error=update.error if update.error is not None else job.error,
+        output=update.output if update.output is not None else job.output,
+        created_at=update.created_at or job.created_at,
+        started_at=update.started_at or job.started_at or _implied_start(state, received),
+        finished_at=_finished_at(job, update, state, received),
+        metadata=_metadata(job.metadata, update.metadata),
+    )
+    if merged == job:
+        return None
+    return merged.replace(version=job.version + 1, updated_at=received)
+
+
+def _next_state(current: State, reported: State | None) -> State:
+    if reported is None or _RANK[reported] < _RANK[current]:
+        return current
+    return reported
+
+
+def _progress(job: Job, update: Update, state: State, same_state: bool) -> float | None:
+    if state is State.SUCCEEDED:
+        return 1.0
+    if not same_state:
+        return update.progress
+    if update.progress is None:
+        return job.progress
+    return max(update.progress, job.progress or 0.0)
+
+
+def _implied_start(state: State, received: str) -> str | None:
+    return received if state in (State.RUNNING, State.SUCCEEDED) else None
+
+
+def _finished_at(job: Job, update: Update, state: State, received: str) -> str | None:
+    if not state.terminal:
+        return None
+    return update.finished_at or job.finished_at or received
+
+
+def _metadata(current: Mapping[str, Any], reported: Mapping[str, Any]) -> Mapping[str, Any]:
+    """What the provider says about the job lives under "provider"; the rest is the user's."""
+    if not reported:
+        return current
+    provider = {**current.get("provider", {}), **reported}
+    return {**current, "provider": provider}

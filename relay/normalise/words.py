@@ -1,0 +1,33 @@
+"""Provider status words, matched case-insensitively, to normalised states.
+
+Providers vary case and wording ("COMPLETED", "succeeded", "in-progress"), and seed 003 does not
+list its enum at all, so the usual words of each state are accepted for every schema.
+"""
+
+from __future__ import annotations
+
+import re
+
+from relay.models import State
+
+_WORDS: dict[State, tuple[str, ...]] = {
+    State.QUEUED: ("queued", "pending", "created", "submitted", "waiting", "scheduled",
+                   "accepted", "new", "starting", "in_queue", "enqueued"),
+    State.RUNNING: ("running", "processing", "in_progress", "started", "generating", "active",
+                    "working", "rendering", "uploading", "finalizing", "progress"),
+    State.SUCCEEDED: ("succeeded", "success", "successful", "completed", "complete", "done",
+                      "finished", "ready"),
+    State.FAILED: ("failed", "failure", "error", "errored", "rejected", "timeout", "timed_out",
+                   "expired", "aborted"),
+    State.CANCELED: ("canceled", "cancelled", "cancel", "canceling", "cancelling", "stopped"),
+}
+
+STATE_OF_WORD: dict[str, State] = {word: state for state, words in _WORDS.items()
+                                   for word in words}
+
+_SEPARATORS = re.compile(r"[\s\-]+")
+
+
+def state_of(word: str) -> State | None:
+    """The state a status word means, or None for a word the relay does not know."""
+    return STATE_OF_WORD.get(_SEPARATORS.sub("_", word.strip().lower()))

@@ -1,0 +1,111 @@
+"""Running ASGI apps on uvicorn: `relay serve`, the demo, the simulated providers and tests.
+
+Uvicorn's graceful shutdown waits for open responses to finish, and an SSE stream never
+finishes by itself. So the server tells the app it is stopping (`app.state.stopping`, an
+asyncio.Event the SSE streams watch) the moment an exit is requested, and streams close
+at once instead of holding shutdown for `timeout_graceful_shutdown`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import threading
+from collections.abc import AsyncIterator, Iterator
+from types import FrameType
+from typing import Any
+
+import uvicorn
+
+logger = logging.getLogger(__name__)
+
+
+class Server(uvicorn.Server):
+    """uvicorn.Server that wakes the app's streams when asked to exit."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets=sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        self.signal_stopping()
+
+    def signal_stopping(self) -> None:
+        stopping = getattr(getattr(self.config.app, "state", None), "stopping", None)
+        if stopping is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(stopping.set)
+
+    def stop(self) -> None:
+        """Ask the server to exit, from any thread."""
+        self.should_exit = True
+        self.signal_stopping()
+
+
+def bind(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
+    """A listening socket; port 0 picks a free one (read it back with `sock.getsockname()`)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def make_server(app: Any, **config: Any) -> Server:
+    config.setdefault("log_level", "warning")
+    config.setdefault("lifespan", "on")
+    config.setdefault("timeout_graceful_shutdown", 5)
+    return Server(uvicorn.Config(app, **config))
+
+
+def base_url(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+
+
+@contextlib.asynccontextmanager
+async def serving(app: Any, host: str = "127.0.0.1", port: int = 0,
+                  **config: Any) -> AsyncIterator[str]:
+    """Serve `app` in this event loop for the duration of the block; yields its base URL."""
+    sock = bind(host, port)
+    server = make_server(app, **config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        while not server.started:
+            if task.done():
+                task.result()
+                raise RuntimeError("server exited during startup")
+            await asyncio.sleep(0.01)
+        yield base_url(sock)
+    finally:
+        server.stop()
+        await task
+        sock.close()
+
+
+@contextlib.contextmanager
+def serving_in_thread(app: Any, host: str = "127.0.0.1", port: int = 0,
+                      **config: Any) -> Iterator[str]:
+    """Serve `app` on its own thread and event loop (for synchronous tests); yields the URL."""
+    sock = bind(host, port)
+    server = make_server(app, **config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            if not thread.is_alive():
+                raise RuntimeError("server exited during startup")
+            threading.Event().wait(0.01)
+        yield base_url(sock)
+    finally:
+        server.stop()
+        thread.join(timeout=15)
+        sock.close()

@@ -1,0 +1,360 @@
+"""Configuration: a TOML file, `${VAR}` expansion, then environment overrides (CONTRACT section 1).
+
+`load_settings()` is the only place that reads the environment. Anything wrong raises
+`ConfigError` with one line naming the key, so `relay serve` fails at startup, never at the
+first request.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from relay.errors import ConfigError
+from relay.models import Schema
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+DEFAULT_AUTH = {
+    Schema.GENERATION: ("x-api-key", ""),
+    Schema.STORY: ("Authorization", "Bearer"),
+    Schema.JOBSTATUS: ("Authorization", "Bearer"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderSettings:
+    """One `[providers.<name>]` table."""
+
+    name: str
+    schema: Schema
+    base_url: str | None = None
+    api_key: str | None = None
+    webhook_secrets: tuple[str, ...] = ()
+    signature_tolerance: float = 300.0
+    poll_interval: float = 2.0
+    poll_max_interval: float = 60.0
+    webhook_grace: float = 120.0
+    max_concurrency: int = 8
+    auth_header: str = ""
+    auth_scheme: str = ""
+
+    def auth_headers(self) -> dict[str, str]:
+        """The header that carries `api_key` to this provider, the schema's way by default."""
+        if not self.api_key:
+            return {}
+        header, scheme = DEFAULT_AUTH[self.schema]
+        header = self.auth_header or header
+        scheme = self.auth_scheme or scheme
+        return {header: f"{scheme} {self.api_key}" if scheme else self.api_key}
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionSettings:
+    """One `[[subscriptions]]` entry: an outbound webhook target."""
+
+    url: str
+    topics: tuple[str, ...] = ("*",)
+    secret: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    public_url: str = ""
+    store: str = "sqlite:///./relay.db"
+    secret: str | None = None
+    api_keys: tuple[str, ...] = ()
+    cors_origins: tuple[str, ...] = ()
+    heartbeat: float = 15.0
+    max_body: int = 1_048_576
+    allow_private_targets: bool = False
+
+    @property
+    def loopback(self) -> bool:
+        return is_loopback(self.host)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    server: ServerSettings = field(default_factory=ServerSettings)
+    providers: Mapping[str, ProviderSettings] = field(default_factory=dict)
+    subscriptions: tuple[SubscriptionSettings, ...] = ()
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def load_settings(path: str | os.PathLike[str] | None = None,
+                  environ: Mapping[str, str] | None = None) -> Settings:
+    """Settings from `path` (else `$RELAY_CONFIG`, else `./relay.toml` if present, else
+    defaults), with `${VAR}` expanded and `RELAY_*` environment variables applied on top."""
+    env = os.environ if environ is None else environ
+    raw = _read_toml(_config_path(path, env))
+    raw = _expand(raw, env, "")
+    return parse_settings(raw, env)
+
+
+def parse_settings(raw: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Settings:
+    """Settings from an already-read TOML document (tests and the demo build them this way)."""
+    env = {} if environ is None else environ
+    _check_keys(raw, {"server", "providers", "subscriptions"}, "")
+    server = _server(_table(raw, "server"), env)
+    providers = {name: _provider(name, table)
+                 for name, table in _table(raw, "providers").items()}
+    subscriptions = tuple(_subscription(i, entry)
+                          for i, entry in enumerate(_list(raw, "subscriptions", "")))
+    return Settings(server=server, providers=providers, subscriptions=subscriptions)
+
+
+def _config_path(path: str | os.PathLike[str] | None, env: Mapping[str, str]) -> Path | None:
+    if path is not None:
+        return Path(path)
+    if env.get("RELAY_CONFIG"):
+        return Path(env["RELAY_CONFIG"])
+    default = Path("relay.toml")
+    return default if default.is_file() else None
+
+
+def _read_toml(path: Path | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    try:
+        with path.open("rb") as file:
+            return tomllib.load(file)
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path}: invalid TOML: {exc}") from exc
+
+
+def _expand(value: Any, env: Mapping[str, str], key: str) -> Any:
+    if isinstance(value, str):
+        return _VAR.sub(lambda m: _variable(m.group(1), env, key), value)
+    if isinstance(value, dict):
+        return {k: _expand(v, env, f"{key}.{k}" if key else k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand(v, env, f"{key}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
+def _variable(name: str, env: Mapping[str, str], key: str) -> str:
+    if name not in env:
+        raise ConfigError(f"{key}: environment variable {name} is not set")
+    return env[name]
+
+
+# -- server ---------------------------------------------------------------------------------
+
+_SERVER_KEYS = {"host", "port", "public_url", "store", "secret", "api_keys", "cors_origins",
+                "heartbeat", "max_body", "allow_private_targets"}
+
+
+def _server(table: Mapping[str, Any], env: Mapping[str, str]) -> ServerSettings:
+    _check_keys(table, _SERVER_KEYS, "server")
+    values = dict(table)
+    _apply_env(values, env)
+    host = _str(values, "host", "server", "127.0.0.1")
+    port = _int(values, "port", "server", 8000, low=0, high=65535)
+    server = ServerSettings(
+        host=host,
+        port=port,
+        public_url=_str(values, "public_url", "server", "").rstrip("/")
+        or f"http://{host}:{port}",
+        store=_store_url(_str(values, "store", "server", "sqlite:///./relay.db")),
+        secret=_str(values, "secret", "server", "") or None,
+        api_keys=tuple(k for k in _strings(values, "api_keys", "server") if k),
+        cors_origins=_strings(values, "cors_origins", "server"),
+        heartbeat=_float(values, "heartbeat", "server", 15.0, low=0.05),
+        max_body=_int(values, "max_body", "server", 1_048_576, low=1),
+        allow_private_targets=_bool(values, "allow_private_targets", "server", False),
+    )
+    _check_exposure(server)
+    return server
+
+
+_ENV = {
+    "RELAY_HOST": ("host", str),
+    "RELAY_STORE": ("store", str),
+    "RELAY_SECRET": ("secret", str),
+    "RELAY_PUBLIC_URL": ("public_url", str),
+    "RELAY_API_KEYS": ("api_keys", lambda v: [k.strip() for k in v.split(",")]),
+}
+
+
+def _apply_env(values: dict[str, Any], env: Mapping[str, str]) -> None:
+    for name, (key, convert) in _ENV.items():
+        if env.get(name):
+            values[key] = convert(env[name])
+    port = env.get("RELAY_PORT") or env.get("PORT")
+    if port:
+        try:
+            values["port"] = int(port)
+        except ValueError:
+            raise ConfigError(f"RELAY_PORT/PORT: expected a port number, got {port!r}") from None
+
+
+def _store_url(url: str) -> str:
+    if not url.startswith(("sqlite:///", "redis://", "rediss://", "memory://")):
+        raise ConfigError(
+            f"server.store: expected sqlite:///PATH, redis://… or memory://, got {url!r}")
+    return url
+
+
+def _check_exposure(server: ServerSettings) -> None:
+    if server.loopback:
+        return
+    if not server.secret:
+        raise ConfigError("server.secret: required when not bound to loopback (set RELAY_SECRET)")
+    if not server.api_keys:
+        raise ConfigError(
+            "server.api_keys: required when not bound to loopback (set RELAY_API_KEYS)")
+
+
+# -- providers and subscriptions ------------------------------------------------------------
+
+_PROVIDER_KEYS = {"schema", "base_url", "api_key", "webhook_secret", "signature_tolerance",
+                  "poll_interval", "poll_max_interval", "webhook_grace", "max_concurrency",
+                  "auth_header", "auth_scheme"}
+_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def _provider(name: str, table: Any) -> ProviderSettings:
+    key = f"providers.{name}"
+    if not _NAME.match(name):
+        raise ConfigError(f"{key}: a provider name is 1 to 64 letters, digits, '-' or '_'")
+    if not isinstance(table, dict):
+        raise ConfigError(f"{key}: expected a table")
+    _check_keys(table, _PROVIDER_KEYS, key)
+    schema = _schema(table, key)
+    interval = _float(table, "poll_interval", key, 2.0, low=0.01)
+    return ProviderSettings(
+        name=name,
+        schema=schema,
+        base_url=(_str(table, "base_url", key, "") or "").rstrip("/") or None,
+        api_key=_str(table, "api_key", key, "") or None,
+        webhook_secrets=_secrets(table, key),
+        signature_tolerance=_float(table, "signature_tolerance", key, 300.0, low=0),
+        poll_interval=interval,
+        poll_max_interval=_float(table, "poll_max_interval", key, max(60.0, interval),
+                                 low=interval),
+        webhook_grace=_float(table, "webhook_grace", key, 120.0, low=0),
+        max_concurrency=_int(table, "max_concurrency", key, 8, low=1, high=1000),
+        auth_header=_str(table, "auth_header", key, ""),
+        auth_scheme=_str(table, "auth_scheme", key, ""),
+    )
+
+
+def _schema(table: Mapping[str, Any], key: str) -> Schema:
+    if "schema" not in table:
+        raise ConfigError(f"{key}.schema: required (story, generation or jobstatus)")
+    value = table["schema"]
+    try:
+        return Schema(value)
+    except ValueError:
+        raise ConfigError(
+            f"{key}.schema: unknown schema {value!r} (expected story, generation or jobstatus)"
+        ) from None
+
+
+def _secrets(table: Mapping[str, Any], key: str) -> tuple[str, ...]:
+    value = table.get("webhook_secret")
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"{key}.webhook_secret: expected a string or a list of strings")
+    return tuple(value)
+
+
+def _subscription(index: int, entry: Any) -> SubscriptionSettings:
+    key = f"subscriptions[{index}]"
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{key}: expected a table")
+    _check_keys(entry, {"url", "topics", "secret"}, key)
+    url = _str(entry, "url", key, "")
+    if not url.startswith(("http://", "https://")):
+        raise ConfigError(f"{key}.url: expected an http(s) URL")
+    topics = _strings(entry, "topics", key) or ("*",)
+    return SubscriptionSettings(url=url, topics=topics, secret=_str(entry, "secret", key, "")
+                                or None)
+
+
+# -- typed readers: each names the key it rejects --------------------------------------------
+
+def _check_keys(table: Mapping[str, Any], known: set[str], prefix: str) -> None:
+    for name in table:
+        if name not in known:
+            full = f"{prefix}.{name}" if prefix else name
+            raise ConfigError(f"{full}: unknown key (expected one of {', '.join(sorted(known))})")
+
+
+def _table(raw: Mapping[str, Any], name: str) -> dict[str, Any]:
+    value = raw.get(name, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"{name}: expected a table")
+    return value
+
+
+def _list(raw: Mapping[str, Any], name: str, prefix: str) -> list[Any]:
+    value = raw.get(name, [])
+    if not isinstance(value, list):
+        raise ConfigError(f"{prefix + '.' if prefix else ''}{name}: expected a list")
+    return value
+
+
+def _typed(table: Mapping[str, Any], name: str, prefix: str, default: Any,
+           check: Callable[[Any], bool], expected: str) -> Any:
+    value = table.get(name, default)
+    if not check(value):
+        raise ConfigError(f"{prefix}.{name}: expected {expected}, got {value!r}")
+    return value
+
+
+def _str(table: Mapping[str, Any], name: str, prefix: str, default: str) -> str:
+    return str(_typed(table, name, prefix, default, lambda v: isinstance(v, str), "a string"))
+
+
+def _bool(table: Mapping[str, Any], name: str, prefix: str, default: bool) -> bool:
+    return bool(_typed(table, name, prefix, default, lambda v: isinstance(v, bool), "true/false"))
+
+
+def _number(table: Mapping[str, Any], name: str, prefix: str, default: float, low: float,
+            high: float, integer: bool) -> Any:
+    def check(v: Any) -> bool:
+        kinds = (int,) if integer else (int, float)
+        return isinstance(v, kinds) and not isinstance(v, bool) and low <= v <= high
+
+    kind = "an integer" if integer else "a number"
+    return _typed(table, name, prefix, default, check, f"{kind} from {low:g} to {high:g}")
+
+
+def _int(table: Mapping[str, Any], name: str, prefix: str, default: int, *, low: int,
+         high: int = 2**31) -> int:
+    return int(_number(table, name, prefix, default, low, high, integer=True))
+
+
+def _float(table: Mapping[str, Any], name: str, prefix: str, default: float, *, low: float,
+           high: float = 1e9) -> float:
+    return float(_number(table, name, prefix, default, low, high, integer=False))
+
+
+def _strings(table: Mapping[str, Any], name: str, prefix: str) -> tuple[str, ...]:
+    value = _typed(table, name, prefix, [],
+                   lambda v: isinstance(v, list) and all(isinstance(i, str) for i in v),
+                   "a list of strings")
+    return tuple(value)
