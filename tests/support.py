@@ -1,0 +1,220 @@
+"""What the tests share: running the real relay, a real SSE client, signing, waiting."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from relay.app import create_app
+from relay.ingest.signatures import sync_signature_header
+from relay.server import serving
+from relay.settings import Settings, parse_settings
+from relay.store import Store
+
+WEBHOOK_SECRET = "test-webhook-secret"
+
+
+def make_settings(store: str = "memory://", **server: Any) -> Settings:
+    """Settings with one provider of each schema: `gen` (generation, Sync-Signature secret),
+    `stories` (story, no secret) and `jobs` (jobstatus, no secret)."""
+    return parse_settings({
+        "server": {"store": store, **server},
+        "providers": {
+            "gen": {"schema": "generation", "webhook_secret": WEBHOOK_SECRET},
+            "stories": {"schema": "story"},
+            "jobs": {"schema": "jobstatus"},
+        },
+    })
+
+
+@dataclass
+class Relay:
+    url: str
+    store: Store
+    client: httpx.AsyncClient
+
+    async def track(self, provider: str = "gen", external_id: str = "ext-1",
+                    **extra: Any) -> dict[str, Any]:
+        response = await self.client.post(
+            "/v1/jobs", json={"provider": provider, "external_id": external_id, **extra})
+        assert response.status_code in (200, 201), response.text
+        return response.json()  # type: ignore[no-any-return]
+
+    async def webhook(self, payload: Mapping[str, Any], provider: str = "gen",
+                      secret: str = WEBHOOK_SECRET, timestamp: int | None = None,
+                      headers: Mapping[str, str] | None = None) -> httpx.Response:
+        body = json.dumps(payload).encode()
+        stamp = int(time.time()) if timestamp is None else timestamp
+        signed = {"content-type": "application/json",
+                  "sync-signature": sync_signature_header(secret, body, stamp)}
+        return await self.client.post(f"/hooks/{provider}", content=body,
+                                      headers={**signed, **(headers or {})})
+
+
+@contextlib.asynccontextmanager
+async def running_relay(settings: Settings | None = None, store: Store | None = None
+                        ) -> AsyncIterator[Relay]:
+    """The real app on a real uvicorn server on a free loopback port."""
+    settings = settings or make_settings()
+    app = create_app(settings, store=store)
+    async with serving(app) as url, httpx.AsyncClient(base_url=url, timeout=10) as client:
+        yield Relay(url, app.state.store, client)
+
+
+@dataclass
+class SSEEvent:
+    id: str | None
+    event: str | None
+    data: Any
+
+
+class SSEStream:
+    """A real SSE client over an httpx streaming response. A background task parses the
+    stream, so a `next()` that times out leaves the stream intact."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.response = response
+        self.comments: list[str] = []
+        self.retry: int | None = None
+        self._events: asyncio.Queue[SSEEvent | None] = asyncio.Queue()
+        self._reader = asyncio.create_task(self._read())
+
+    async def next(self, timeout: float = 5.0) -> SSEEvent:
+        event = await asyncio.wait_for(self._events.get(), timeout)
+        if event is None:
+            self._events.put_nowait(None)
+            raise StopAsyncIteration
+        return event
+
+    async def take(self, count: int, timeout: float = 5.0) -> list[SSEEvent]:
+        return [await self.next(timeout) for _ in range(count)]
+
+    async def closed(self, timeout: float = 5.0) -> bool:
+        """True once the server ends the stream (with no further event)."""
+        with contextlib.suppress(StopAsyncIteration):
+            event = await self.next(timeout)
+            raise AssertionError(f"expected the stream to close, got {event}")
+        return True
+
+    async def aclose(self) -> None:
+        self._reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError, httpx.HTTPError):
+            await self._reader
+
+    async def _read(self) -> None:
+        fields: dict[str, str] = {}
+        try:
+            async for line in self.response.aiter_lines():
+                if line == "":
+                    if "data" in fields:
+                        self._events.put_nowait(SSEEvent(
+                            fields.get("id"), fields.get("event"), json.loads(fields["data"])))
+                    fields = {}
+                elif line.startswith(":"):
+                    self.comments.append(line[1:].strip())
+                else:
+                    self._field(fields, *line.partition(":")[::2])
+        except httpx.HTTPError:
+            pass
+        finally:
+            self._events.put_nowait(None)
+
+    def _field(self, fields: dict[str, str], name: str, value: str) -> None:
+        value = value.removeprefix(" ")
+        if name == "retry":
+            self.retry = int(value)
+        else:
+            fields[name] = fields[name] + "\n" + value if name in fields else value
+
+
+@contextlib.asynccontextmanager
+async def sse(client: httpx.AsyncClient, url: str, *, last_event_id: str | None = None,
+              headers: Mapping[str, str] | None = None) -> AsyncIterator[SSEStream]:
+    request_headers = {"accept": "text/event-stream", **(headers or {})}
+    if last_event_id is not None:
+        request_headers["last-event-id"] = last_event_id
+    async with client.stream("GET", url, headers=request_headers,
+                             timeout=httpx.Timeout(10, read=30)) as response:
+        stream = SSEStream(response)
+        try:
+            yield stream
+        finally:
+            await stream.aclose()
+
+
+async def eventually(check: Callable[[], Awaitable[bool]] | Callable[[], bool],
+                     timeout: float = 10.0, interval: float = 0.02) -> None:
+    """Wait until `check()` is true, failing after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(interval)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class RelayProcess:
+    """`python -m relay serve` as a real subprocess, for restarts and SIGKILL."""
+
+    def __init__(self, config: Path, port: int, env: Mapping[str, str] | None = None) -> None:
+        self.config = config
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.env = {**os.environ, **(env or {})}
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log = config.with_suffix(f".{port}.log")
+
+    def start(self, timeout: float = 15.0) -> RelayProcess:
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "relay", "serve", "--config", str(self.config),
+                 "--port", str(self.port)], stdout=log, stderr=subprocess.STDOUT, env=self.env)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"relay exited: {self.log.read_text()[-2000:]}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    return self
+            time.sleep(0.05)
+        raise RuntimeError(f"relay did not start: {self.log.read_text()[-2000:]}")
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(10)
+
+    def stop(self) -> int | None:
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        return self.process.returncode
