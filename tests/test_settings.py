@@ -1,0 +1,95 @@
+"""Configuration fails at startup with one clear line naming the key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from relay.errors import ConfigError
+from relay.models import Schema
+from relay.settings import load_settings, parse_settings
+
+
+def write(tmp_path, text: str):
+    path = tmp_path / "relay.toml"
+    path.write_text(text)
+    return path
+
+
+def test_toml_with_env_expansion_and_overrides(tmp_path):
+    path = write(tmp_path, """
+[server]
+store = "sqlite:///x.db"
+api_keys = ["${KEY}"]
+[providers.lipsync]
+schema = "generation"
+api_key = "${LIPSYNC}"
+webhook_secret = ["old", "new"]
+""")
+    settings = load_settings(path, {"KEY": "k1", "LIPSYNC": "p1", "RELAY_PORT": "9000",
+                                    "RELAY_STORE": "memory://"})
+    assert settings.server.api_keys == ("k1",)
+    assert settings.server.port == 9000
+    assert settings.server.store == "memory://"
+    assert settings.server.public_url == "http://127.0.0.1:9000"
+    provider = settings.providers["lipsync"]
+    assert (provider.schema, provider.api_key) == (Schema.GENERATION, "p1")
+    assert provider.webhook_secrets == ("old", "new")
+    assert (provider.poll_interval, provider.poll_max_interval) == (2.0, 60.0)
+
+
+def test_defaults_without_a_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings(None, {})
+    assert (settings.server.host, settings.server.port) == ("127.0.0.1", 8000)
+    assert settings.server.store == "sqlite:///./relay.db"
+    assert settings.providers == {}
+
+
+def test_port_is_honoured_and_relay_port_wins(tmp_path):
+    assert load_settings(None, {"PORT": "5000", "RELAY_CONFIG": str(write(tmp_path, ""))}
+                         ).server.port == 5000
+    assert load_settings(write(tmp_path, ""), {"PORT": "5000", "RELAY_PORT": "6000"}
+                         ).server.port == 6000
+
+
+@pytest.mark.parametrize(("toml", "env", "message"), [
+    ('[providers.a]\nschema = "generation"\napi_key = "${MISSING}"', {},
+     "providers.a.api_key: environment variable MISSING is not set"),
+    ('[providers.a]\nschema = "video"', {}, "providers.a.schema: unknown schema 'video'"),
+    ('[providers.a]\nbase_url = "http://x"', {}, "providers.a.schema: required"),
+    ('[server]\nport = "eighty"', {}, "server.port: expected an integer"),
+    ('[server]\nbogus = 1', {}, "server.bogus: unknown key"),
+    ('[providers.a]\nschema = "story"\npoll_interval = -1', {}, "providers.a.poll_interval"),
+    ('[server]\nstore = "postgres://x"', {}, "server.store: expected"),
+    ('[server]\nhost = "0.0.0.0"', {}, "server.secret: required when not bound to loopback"),
+    ('[server]\nhost = "0.0.0.0"\nsecret = "s"', {}, "server.api_keys: required"),
+    ('[[subscriptions]]\nurl = "ftp://x"', {}, "subscriptions[0].url"),
+    ("not toml [", {}, "invalid TOML"),
+])
+def test_bad_configuration_names_the_key(tmp_path, toml, env, message):
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write(tmp_path, toml), env)
+    assert message in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_public_url_trailing_slash_is_dropped():
+    settings = parse_settings({"server": {"public_url": "https://relay.example/"}})
+    assert settings.server.public_url == "https://relay.example"
+
+
+@pytest.mark.parametrize(("toml", "message"), [
+    ('[providers.a]\nschema = "generation"\napi_key = "${NOPE_NOT_SET}"',
+     "relay: providers.a.api_key: environment variable NOPE_NOT_SET is not set"),
+    ('[providers.a]\nschema = "nonsense"', "relay: providers.a.schema: unknown schema"),
+])
+def test_relay_serve_fails_at_startup_with_one_line(tmp_path, toml, message):
+    result = subprocess.run(
+        [sys.executable, "-m", "relay", "serve", "--config", str(write(tmp_path, toml))],
+        capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith(message)
+    assert len(result.stderr.strip().splitlines()) == 1
