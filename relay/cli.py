@@ -17,6 +17,8 @@ from relay.store import open_store
 
 logger = logging.getLogger(__name__)
 
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
@@ -24,7 +26,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not hasattr(args, "run"):
         parser.print_help()
         return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    level = getattr(args, "log_level", "info").upper()
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return int(args.run(args))
     except (ConfigError, StoreError) as exc:
@@ -42,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help="TOML file (default: $RELAY_CONFIG, else ./relay.toml)")
     serve.add_argument("--host", help="overrides server.host and RELAY_HOST")
     serve.add_argument("--port", type=int, help="overrides server.port, RELAY_PORT and PORT")
+    serve.add_argument("--log-level", default="info", choices=LOG_LEVELS,
+                       help="log level of the relay and uvicorn (default: info)")
     serve.set_defaults(run=_serve)
     return parser
 
@@ -53,7 +58,7 @@ def _serve(args: argparse.Namespace) -> int:
     sock = bind(settings.server.host, settings.server.port)
     logger.info("relay listening on http://%s:%s (store %s)", settings.server.host,
                 sock.getsockname()[1], settings.server.store)
-    make_server(app, log_level="info").run(sockets=[sock])
+    make_server(app, log_level=args.log_level).run(sockets=[sock])
     return 0
 
 

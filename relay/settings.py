@@ -186,7 +186,7 @@ def _server(table: Mapping[str, Any], env: Mapping[str, str]) -> ServerSettings:
     return server
 
 
-_ENV = {
+_ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "RELAY_HOST": ("host", str),
     "RELAY_STORE": ("store", str),
     "RELAY_SECRET": ("secret", str),

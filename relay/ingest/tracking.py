@@ -42,9 +42,10 @@ class Tracking:
         assert job is not None
         token, _ = self.tokens.subscribe_token([job.id], ttl=TOKEN_TTL)
         base = self.settings.server.public_url
+        hook_token = self.tokens.webhook_token(provider.name)
         answer = {
             "job": job.to_dict(),
-            "webhook_url": f"{base}/hooks/{provider.name}/{self.tokens.webhook_token(provider.name)}",
+            "webhook_url": f"{base}/hooks/{provider.name}/{hook_token}",
             "subscribe_token": token,
             "events_url": f"{base}/v1/jobs/{job.id}/events?token={token}",
         }

@@ -47,10 +47,10 @@ class Store(abc.ABC):
     """The async interface every backend implements; the contract suite in
     tests/test_store_contract.py proves they behave alike."""
 
-    async def open(self) -> None:
+    async def open(self) -> None:  # noqa: B027 - a backend with nothing to connect keeps it
         """Connect and create what is missing. Called once before use."""
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027
         """Release connections; pending writes are finished first."""
 
     @abc.abstractmethod

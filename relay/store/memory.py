@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Collection
 
 from relay.errors import InvalidCursor
@@ -86,11 +87,9 @@ class MemoryStore(Store):
     async def wait(self, cursor: str | None, timeout: float) -> None:
         position = self._position(cursor)
         async with self._changed:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(
                     self._changed.wait_for(lambda: len(self._events) > position), timeout)
-            except TimeoutError:
-                pass
 
     async def secret(self, name: str, generate: Callable[[], str]) -> str:
         return self._secrets.setdefault(name, generate())
