@@ -7,7 +7,8 @@ module that meets them and never travel further.
     ├── ProviderError        a provider's API failed (pollers, cancel)
     └── ApiError             answered to an HTTP client in the envelope of CONTRACT section 7
         ├── PayloadError     a provider payload that does not fit its schema (422)
-        └── InvalidCursor    a Last-Event-ID or cursor the store never gave (400)
+        ├── InvalidCursor    a Last-Event-ID or cursor the store never gave (400)
+        └── CursorExpired    a cursor older than the events the store still keeps (400)
 
 This module imports nothing from relay.
 """
@@ -76,3 +77,14 @@ class InvalidCursor(ApiError):
 
     def __init__(self, cursor: str) -> None:
         super().__init__(f"unknown cursor {cursor[:64]!r}", details={"cursor": cursor[:64]})
+
+
+class CursorExpired(ApiError):
+    """A cursor from before the store's retention: the events after it are partly gone."""
+
+    status = 400
+    code = "cursor_expired"
+
+    def __init__(self, cursor: str) -> None:
+        super().__init__(f"cursor {cursor[:64]!r} is older than the events still kept",
+                         details={"cursor": cursor[:64]})

@@ -11,12 +11,14 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from relay.app import create_app
 from relay.ingest.signatures import sync_signature_header
@@ -168,6 +170,25 @@ async def eventually(check: Callable[[], Awaitable[bool]] | Callable[[], bool],
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
         await asyncio.sleep(interval)
+
+
+REDIS = "redis://127.0.0.1:6379/0"
+
+
+def redis_url(**options: str) -> str:
+    """A Redis store URL with a prefix of its own, so tests never see each other's keys;
+    skips the test, saying why, when no Redis answers at 127.0.0.1:6379."""
+    try:
+        with socket.create_connection(("127.0.0.1", 6379), timeout=1) as sock:
+            sock.sendall(b"PING\r\n")
+            answered = sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        answered = False
+    if not answered:
+        pytest.skip("no Redis answers at 127.0.0.1:6379 (.ci/run starts redis-server)")
+    query = "&".join(f"{k}={v}" for k, v in {"prefix": f"test-{uuid.uuid4().hex}",
+                                             **options}.items())
+    return f"{REDIS}?{query}"
 
 
 def free_port() -> int:

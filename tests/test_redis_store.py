@@ -1,0 +1,73 @@
+"""What only the Redis backend has to show: several instances on one Redis, and retention."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from relay.errors import CursorExpired, InvalidCursor
+from relay.models import Source
+from relay.store import open_store
+from tests.support import redis_url
+from tests.test_store_contract import NOW, bump, job, put
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_two_instances_applying_to_one_job_serialise_without_losing_a_change():
+    url = redis_url()
+    first, second = open_store(url), open_store(url)
+    try:
+        await put(first, job("a"))
+        await asyncio.gather(*(store.apply("p", "a", bump(), source=Source.WEBHOOK,
+                                           received_at=NOW)
+                               for _ in range(25) for store in (first, second)))
+        current = await second.find("p", "a")
+        assert current.version == 51
+        assert [e.job.version for e in await first.history(current.id)] == list(range(1, 52))
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_an_event_written_by_one_instance_wakes_a_reader_on_another():
+    url = redis_url()
+    writer, reader = open_store(url), open_store(url)
+    try:
+        await put(writer, job("a"))
+        cursor = await reader.last_cursor()
+        waiting = asyncio.create_task(reader.wait(cursor, timeout=10))
+        await asyncio.sleep(0.05)
+        created = await put(writer, job("b"))
+        await asyncio.wait_for(waiting, 5)
+        assert [e.cursor for e in await reader.read_since(cursor)] == [created.event.cursor]
+    finally:
+        await writer.close()
+        await reader.close()
+
+
+async def test_a_cursor_older_than_retention_is_reported_expired():
+    store = open_store(redis_url(retention="1"))
+    try:
+        first = (await put(store, job("a"))).event.cursor
+        # MAXLEN ~ trims whole nodes, so write well past a node's worth of entries.
+        for index in range(300):
+            await put(store, job(f"x{index}"))
+        with pytest.raises(CursorExpired):
+            await store.read_since(first)
+        newest = await store.last_cursor()
+        assert await store.read_since(newest) == []
+    finally:
+        await store.close()
+
+
+async def test_a_cursor_from_the_future_or_of_another_shape_is_invalid():
+    store = open_store(redis_url())
+    try:
+        await put(store, job("a"))
+        for cursor in ["99999999999999-0", "12", "abc"]:
+            with pytest.raises(InvalidCursor):
+                await store.read_since(cursor)
+    finally:
+        await store.close()
