@@ -14,10 +14,12 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 
 from relay.auth import Access, Tokens
 from relay.errors import ApiError, StoreError
+from relay.fanout.dashboard import Dashboard
 from relay.fanout.hub import Hub
 from relay.fanout.jobs_api import JobsApi
 from relay.fanout.sse import Streams
@@ -43,6 +45,7 @@ def create_app(settings: Settings, *, store: Store | None = None,
     tracking = Tracking(settings, recorder, access, tokens)
     streams = Streams(store, hub, access, tokens, settings.server.heartbeat)
     jobs = JobsApi(store, hub, access)
+    dashboard = Dashboard(settings, tokens)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -73,6 +76,8 @@ def create_app(settings: Settings, *, store: Store | None = None,
         return Response(metrics.render(), media_type="text/plain; version=0.0.4")
 
     routes = [
+        Route("/", dashboard.show),
+        Mount("/static", StaticFiles(packages=[("relay", "static")]), name="static"),
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics_page),

@@ -8,8 +8,10 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from relay.app import create_app
+from relay.demo import DemoOptions, run_demo
 from relay.errors import ConfigError, StoreError
 from relay.server import bind, make_server
 from relay.settings import Settings, load_settings
@@ -48,6 +50,16 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default="info", choices=LOG_LEVELS,
                        help="log level of the relay and uvicorn (default: info)")
     serve.set_defaults(run=_serve)
+    demo = commands.add_parser(
+        "demo", help="run relay with simulated providers of all three schemas and a dashboard")
+    demo.add_argument("--host", default="127.0.0.1")
+    demo.add_argument("--port", type=int, default=8000)
+    demo.add_argument("--jobs", type=int, help="start this many jobs, then stop starting more")
+    demo.add_argument("--exit-after", type=float, metavar="S",
+                      help="exit after S seconds (0 if every job started is terminal)")
+    demo.add_argument("--dir", type=Path, help="keep relay.db here (default: a temporary dir)")
+    demo.add_argument("--log-level", default="warning", choices=LOG_LEVELS)
+    demo.set_defaults(run=_demo)
     return parser
 
 
@@ -60,6 +72,12 @@ def _serve(args: argparse.Namespace) -> int:
                 sock.getsockname()[1], settings.server.store)
     make_server(app, log_level=args.log_level).run(sockets=[sock])
     return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    options = DemoOptions(host=args.host, port=args.port, jobs=args.jobs,
+                          exit_after=args.exit_after, directory=args.dir)
+    return asyncio.run(run_demo(options))
 
 
 def _settings(args: argparse.Namespace) -> Settings:

@@ -23,11 +23,24 @@ logger = logging.getLogger(__name__)
 
 
 class Server(uvicorn.Server):
-    """uvicorn.Server that wakes the app's streams when asked to exit."""
+    """uvicorn.Server that wakes the app's streams when asked to exit.
 
-    def __init__(self, config: uvicorn.Config) -> None:
+    With `owns_signals=False` (servers embedded in a program with several of them: the demo,
+    tests) it leaves SIGINT and SIGTERM to that program instead of capturing them.
+    """
+
+    def __init__(self, config: uvicorn.Config, owns_signals: bool = True) -> None:
         super().__init__(config)
+        self.owns_signals = owns_signals
         self._loop: asyncio.AbstractEventLoop | None = None
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if not self.owns_signals:
+            yield
+            return
+        with super().capture_signals():
+            yield
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
@@ -59,11 +72,11 @@ def bind(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
     return sock
 
 
-def make_server(app: Any, **config: Any) -> Server:
+def make_server(app: Any, owns_signals: bool = True, **config: Any) -> Server:
     config.setdefault("log_level", "warning")
     config.setdefault("lifespan", "on")
     config.setdefault("timeout_graceful_shutdown", 5)
-    return Server(uvicorn.Config(app, **config))
+    return Server(uvicorn.Config(app, **config), owns_signals=owns_signals)
 
 
 def base_url(sock: socket.socket) -> str:
@@ -76,7 +89,7 @@ async def serving(app: Any, host: str = "127.0.0.1", port: int = 0,
                   **config: Any) -> AsyncIterator[str]:
     """Serve `app` in this event loop for the duration of the block; yields its base URL."""
     sock = bind(host, port)
-    server = make_server(app, **config)
+    server = make_server(app, owns_signals=False, **config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         while not server.started:
@@ -96,7 +109,7 @@ def serving_in_thread(app: Any, host: str = "127.0.0.1", port: int = 0,
                       **config: Any) -> Iterator[str]:
     """Serve `app` on its own thread and event loop (for synchronous tests); yields the URL."""
     sock = bind(host, port)
-    server = make_server(app, **config)
+    server = make_server(app, owns_signals=False, **config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:
