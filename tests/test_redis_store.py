@@ -8,7 +8,7 @@ import pytest
 
 from relay.errors import CursorExpired, InvalidCursor
 from relay.models import Source
-from relay.store import open_store
+from relay.store import Leases, open_store
 from tests.support import redis_url
 from tests.test_store_contract import NOW, bump, job, put
 
@@ -71,3 +71,25 @@ async def test_a_cursor_from_the_future_or_of_another_shape_is_invalid():
                 await store.read_since(cursor)
     finally:
         await store.close()
+
+
+async def test_a_lease_is_held_by_one_owner_until_released_or_lapsed():
+    store = open_store(redis_url())
+    try:
+        assert isinstance(store, Leases)
+        assert await store.claim(["poll:a", "poll:b"], "one", ttl=30) == {"poll:a", "poll:b"}
+        assert await store.claim(["poll:a", "poll:c"], "two", ttl=30) == {"poll:c"}
+        assert await store.claim(["poll:a"], "one", ttl=30) == {"poll:a"}  # renewed
+        await store.release(["poll:a"], "two")  # not two's to release
+        assert await store.claim(["poll:a"], "two", ttl=30) == set()
+        await store.release(["poll:a"], "one")
+        assert await store.claim(["poll:a"], "two", ttl=30) == {"poll:a"}
+        assert await store.claim(["poll:short"], "one", ttl=0.05) == {"poll:short"}
+        await asyncio.sleep(0.1)  # the holder "died": its lease lapses after the ttl
+        assert await store.claim(["poll:short"], "two", ttl=30) == {"poll:short"}
+    finally:
+        await store.close()
+
+
+async def test_single_process_stores_do_not_claim_to_lease():
+    assert not isinstance(open_store("memory://"), Leases)

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import abc
 import importlib
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 from relay.models import Event, Job, Source
 
@@ -100,6 +101,20 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def secret(self, name: str, generate: Callable[[], str]) -> str:
         """A value kept in the store: the one stored under `name`, else `generate()` stored."""
+
+
+@runtime_checkable
+class Leases(Protocol):
+    """An optional capability: stores shared by several relay instances (Redis) lease work,
+    such as polling a job, to one instance at a time. A store without it serves one process,
+    which owns all the work."""
+
+    async def claim(self, names: Sequence[str], owner: str, ttl: float) -> set[str]:
+        """Of `names`, those `owner` now holds for `ttl` seconds: the ones it held (renewed)
+        and the free ones (taken). A lease of an instance that died lapses after `ttl`."""
+
+    async def release(self, names: Sequence[str], owner: str) -> None:
+        """Give up the leases `owner` holds among `names`."""
 
 
 def open_store(url: str) -> Store:

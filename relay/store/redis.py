@@ -11,7 +11,8 @@ the script answer "conflict", and the apply starts over. The stream is trimmed t
 Keys, under the prefix: `events` (stream), `job:<id>` (hash: v version, c cursor, j job,
 s source, r received_at), `key:<provider>:<external_id>` (id), `jobs` (sorted set, tracking
 order), `seq` (counter), `topic:<topic>` and `state:<state>` (sets of ids), `history:<id>`
-(list of cursors), `dedupe:<key>`, `secret:<name>`. Keys span slots: one Redis, not a cluster.
+(list of cursors), `dedupe:<key>`, `secret:<name>`,
+`lease:<name>` (its owner, with a TTL). Keys span slots: one Redis, not a cluster.
 """
 
 from __future__ import annotations
@@ -77,6 +78,29 @@ return {'applied', cursor}
 """
 
 
+# KEYS: lease keys; ARGV: owner, ttl ms. Returns the keys the owner holds afterwards.
+_CLAIM = """
+local held = {}
+for _, key in ipairs(KEYS) do
+  local holder = redis.call('GET', key)
+  if holder == ARGV[1] then
+    redis.call('PEXPIRE', key, ARGV[2])
+    table.insert(held, key)
+  elseif not holder and redis.call('SET', key, ARGV[1], 'NX', 'PX', ARGV[2]) then
+    table.insert(held, key)
+  end
+end
+return held
+"""
+
+_RELEASE = """
+for _, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[1] then redis.call('DEL', key) end
+end
+return 0
+"""
+
+
 class RedisStore(Store):
     def __init__(self, url: str, prefix: str = "relay", retention: int = 1_000_000) -> None:
         self.url = url
@@ -88,6 +112,8 @@ class RedisStore(Store):
             url, decode_responses=True, socket_timeout=SOCKET_TIMEOUT,
             socket_connect_timeout=5, health_check_interval=30)
         self._apply_script = self.redis.register_script(_APPLY)
+        self._claim_script = self.redis.register_script(_CLAIM)
+        self._release_script = self.redis.register_script(_RELEASE)
 
     @classmethod
     def from_url(cls, url: str) -> RedisStore:
@@ -160,6 +186,23 @@ class RedisStore(Store):
             key = self._key("secret", name)
             await self.redis.set(key, generate(), nx=True)
             return str(await self.redis.get(key))
+
+    # -- leases (several instances share the polling) -----------------------------------
+
+    async def claim(self, names: Sequence[str], owner: str, ttl: float) -> set[str]:
+        if not names:
+            return set()
+        keys = [self._key("lease", name) for name in names]
+        async with _translated():
+            held = await self._claim_script(keys=keys, args=[owner, max(1, int(ttl * 1000))])
+        lease_prefix = self._key("lease", "")
+        return {key.removeprefix(lease_prefix) for key in held}
+
+    async def release(self, names: Sequence[str], owner: str) -> None:
+        if names:
+            async with _translated():
+                await self._release_script(keys=[self._key("lease", n) for n in names],
+                                           args=[owner])
 
     # -- reads ----------------------------------------------------------------------------
 
