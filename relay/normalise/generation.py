@@ -6,9 +6,9 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from relay.models import Update
+from relay.models import State, Update
 from relay.normalise import fields
-from relay.normalise.words import state_of
+from relay.normalise.words import state_of, word_key
 
 
 def read(payload: object, received_at: datetime) -> Update:
@@ -23,9 +23,9 @@ def read(payload: object, received_at: datetime) -> Update:
         state=state,
         received_at=received_at,
         progress=None if progress is None else progress / 100,
-        error=_error(data, status),
+        error=_error(data, status, state),
         output=_output(data) or None,
-        created_at=fields.text(data, "createdAt", limit=64),
+        created_at=fields.timestamp(data, "createdAt"),
         metadata=fields.compact(
             project_id=fields.text(data, "projectId", limit=fields.MAX_ID),
             model=fields.text(data, "model", limit=fields.MAX_WORD),
@@ -33,16 +33,17 @@ def read(payload: object, received_at: datetime) -> Update:
     )
 
 
-def _error(data: Mapping[str, Any], status: str) -> dict[str, str] | None:
+def _error(data: Mapping[str, Any], status: str, state: State | None
+           ) -> dict[str, str] | None:
     # The polled object says `errorCode`; the webhook payload says `error_code`.
     code = fields.text(data, "errorCode", limit=fields.MAX_WORD) or fields.text(
         data, "error_code", limit=fields.MAX_WORD)
-    message = fields.text(data, "error")
-    rejected = status.strip().upper() == "REJECTED"
-    if code is None and message is None and not rejected:
+    message = fields.text(data, "error") or ""
+    rejected = word_key(status) == "rejected"
+    if not (code or message or state is State.FAILED):
         return None
     fallback = "rejected" if rejected else "generation_failed"
-    return {"code": code or fallback, "message": message or ""}
+    return {"code": code or fallback, "message": message}
 
 
 def _output(data: Mapping[str, Any]) -> dict[str, Any]:
@@ -51,8 +52,7 @@ def _output(data: Mapping[str, Any]) -> dict[str, Any]:
         outputUrl=fields.text(data, "outputUrl", limit=fields.MAX_URL),
         outputDuration=fields.number(data, "outputDuration", low=0),
         outputFileName=fields.text(data, "outputFileName", limit=fields.MAX_TEXT),
-        segments=fields.json_value(data, "segments"),
+        segments=fields.json_list(data, "segments"),
         segmentOutputUrl=fields.text(data, "segmentOutputUrl", limit=fields.MAX_URL),
         synthesizedAudioUrl=fields.text(data, "synthesizedAudioUrl", limit=fields.MAX_URL),
     )
-

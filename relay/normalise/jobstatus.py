@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from relay.models import Update
+from relay.models import State, Update
 from relay.normalise import fields
 from relay.normalise.words import state_of
 
@@ -15,16 +15,16 @@ def read(payload: object, received_at: datetime) -> Update:
     """One jobstatus object as an update."""
     data = fields.as_object(payload)
     status = fields.required_text(data, "status", fields.MAX_WORD)
-    message = fields.text(data, "error_message")
+    state = state_of(status)
     return Update(
         external_id=fields.required_text(data, "id"),
         provider_status=status,
-        state=state_of(status),
+        state=state,
         received_at=received_at,
         progress=_progress(data),
         stage=fields.text(data, "progress_stage", limit=fields.MAX_TEXT),
-        error={"code": "job_failed", "message": message} if message else None,
-        created_at=fields.text(data, "created_at", limit=64),
+        error=_error(data, state),
+        created_at=fields.timestamp(data, "created_at"),
         metadata=fields.compact(
             title=fields.text(data, "title"),
             user_id=fields.text(data, "user_id", limit=fields.MAX_ID),
@@ -38,3 +38,12 @@ def _progress(data: Mapping[str, Any]) -> float | None:
     percent = fields.number(data, "percent_complete", low=0, high=100)
     value = progress if progress is not None else percent
     return None if value is None else value / 100
+
+
+def _error(data: Mapping[str, Any], state: State | None) -> dict[str, str] | None:
+    # The seed gives only a message; a failed job gets an error even without one.
+    message = fields.text(data, "error_message") or ""
+    if not message and state is not State.FAILED:
+        return None
+    return {"code": "job_canceled" if state is State.CANCELED else "job_failed",
+            "message": message}

@@ -4,9 +4,11 @@ Webhooks arrive late, twice and out of order, so an update is folded into the jo
 that make the order of arrival matter as little as possible:
 
 - a terminal state never changes again;
-- a state never moves back (queued < running < terminal), so a late `processing` after
-  `completed` changes nothing;
-- `progress` never goes backwards within a state;
+- a state never moves back (queued < running < terminal): a late `processing` after
+  `completed`, or `pending` after `processing`, is stale and changes nothing;
+- `progress` never goes backwards within a state, and an update behind the job's progress
+  does not move the `stage` back either;
+- `error` belongs to a failed or canceled job only;
 - an update that changes nothing is a duplicate: `merge` answers None and no event is made;
 - `version` counts the changes;
 - `started_at` and `finished_at` come from the provider when it gives them, else from the
@@ -22,25 +24,27 @@ from relay.models import Job, State, Update, isoformat
 
 _RANK = {State.QUEUED: 0, State.RUNNING: 1, State.SUCCEEDED: 2, State.FAILED: 2,
          State.CANCELED: 2}
+_STARTED = frozenset({State.RUNNING, State.SUCCEEDED})
+_WITH_ERROR = frozenset({State.FAILED, State.CANCELED})
 
 
 def merge(job: Job, update: Update) -> Job | None:
     """The job after `update`, or None when the update changes nothing."""
-    if job.terminal:
+    if job.terminal or _behind(job.state, update.state):
         return None
-    state = _next_state(job.state, update.state)
+    state = update.state or job.state
     same_state = state is job.state
     received = isoformat(update.received_at)
     merged = job.replace(
         state=state,
         provider_status=update.provider_status,
         progress=_progress(job, update, state, same_state),
-        stage=update.stage or (job.stage if same_state else None),
-        error=update.error if update.error is not None else job.error,
+        stage=_stage(job, update, same_state),
+        error=update.error if state in _WITH_ERROR else None,
         output=update.output if update.output is not None else job.output,
         created_at=update.created_at or job.created_at,
         started_at=update.started_at or job.started_at or _implied_start(state, received),
-        finished_at=_finished_at(job, update, state, received),
+        finished_at=(update.finished_at or received) if state.terminal else None,
         metadata=_metadata(job.metadata, update.metadata),
     )
     if merged == job:
@@ -48,10 +52,8 @@ def merge(job: Job, update: Update) -> Job | None:
     return merged.replace(version=job.version + 1, updated_at=received)
 
 
-def _next_state(current: State, reported: State | None) -> State:
-    if reported is None or _RANK[reported] < _RANK[current]:
-        return current
-    return reported
+def _behind(current: State, reported: State | None) -> bool:
+    return reported is not None and _RANK[reported] < _RANK[current]
 
 
 def _progress(job: Job, update: Update, state: State, same_state: bool) -> float | None:
@@ -64,19 +66,27 @@ def _progress(job: Job, update: Update, state: State, same_state: bool) -> float
     return max(update.progress, job.progress or 0.0)
 
 
+def _stage(job: Job, update: Update, same_state: bool) -> str | None:
+    if not same_state:
+        return update.stage
+    if _lags(job, update):
+        return job.stage  # a late report: its stage is older than the job's
+    return update.stage or job.stage
+
+
+def _lags(job: Job, update: Update) -> bool:
+    return (update.progress is not None and job.progress is not None
+            and update.progress < job.progress)
+
+
 def _implied_start(state: State, received: str) -> str | None:
-    return received if state in (State.RUNNING, State.SUCCEEDED) else None
-
-
-def _finished_at(job: Job, update: Update, state: State, received: str) -> str | None:
-    if not state.terminal:
-        return None
-    return update.finished_at or job.finished_at or received
+    return received if state in _STARTED else None
 
 
 def _metadata(current: Mapping[str, Any], reported: Mapping[str, Any]) -> Mapping[str, Any]:
     """What the provider says about the job lives under "provider"; the rest is the user's."""
     if not reported:
         return current
-    provider = {**current.get("provider", {}), **reported}
+    known = current.get("provider")
+    provider = {**(known if isinstance(known, Mapping) else {}), **reported}
     return {**current, "provider": provider}

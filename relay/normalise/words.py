@@ -1,7 +1,9 @@
 """Provider status words, matched case-insensitively, to normalised states.
 
 Providers vary case and wording ("COMPLETED", "succeeded", "in-progress"), and seed 003 does not
-list its enum at all, so the usual words of each state are accepted for every schema.
+list its enum at all, so the usual words of each state are accepted for every schema. Spaces,
+hyphens and underscores are one separator: "In Progress", "in-progress" and "IN__PROGRESS"
+are one word.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from relay.models import State
 
 _WORDS: dict[State, tuple[str, ...]] = {
     State.QUEUED: ("queued", "pending", "created", "submitted", "waiting", "scheduled",
-                   "accepted", "new", "starting", "in_queue", "enqueued"),
+                   "accepted", "new", "starting", "in_queue", "enqueued", "not_started",
+                   "initializing", "initialising", "preparing"),
     State.RUNNING: ("running", "processing", "in_progress", "started", "generating", "active",
                     "working", "rendering", "uploading", "finalizing", "progress"),
     State.SUCCEEDED: ("succeeded", "success", "successful", "completed", "complete", "done",
@@ -25,9 +28,14 @@ _WORDS: dict[State, tuple[str, ...]] = {
 STATE_OF_WORD: dict[str, State] = {word: state for state, words in _WORDS.items()
                                    for word in words}
 
-_SEPARATORS = re.compile(r"[\s\-]+")
+_SEPARATORS = re.compile(r"[\s\-_]+")
+
+
+def word_key(word: str) -> str:
+    """A status word in the form the tables use: lower case, one `_` between its parts."""
+    return _SEPARATORS.sub("_", word.casefold()).strip("_")
 
 
 def state_of(word: str) -> State | None:
     """The state a status word means, or None for a word the relay does not know."""
-    return STATE_OF_WORD.get(_SEPARATORS.sub("_", word.strip().lower()))
+    return STATE_OF_WORD.get(word_key(word))

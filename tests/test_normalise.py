@@ -1,0 +1,347 @@
+"""The three provider schemas read into one job model (CONTRACT section 2).
+
+The adapters are called directly from tables of real-shaped payloads (`tests/payloads/`), with
+the receive time passed in; status words, unknown words and outgoing auth are checked the same
+way; and the webhook route is shown to produce exactly what the adapters and `merge` produce.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import random
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from relay.ingest.recorder import new_job
+from relay.models import Job, Schema, State, Update, isoformat
+from relay.normalise import merge, read_update, story
+from relay.normalise.words import STATE_OF_WORD, state_of
+from relay.settings import parse_settings
+from tests.support import make_settings, running_relay
+
+PAYLOADS = Path(__file__).parent / "payloads"
+NOW = datetime(2026, 3, 1, 10, 5, tzinfo=UTC)
+
+
+def fixtures(schema: str) -> list[Path]:
+    return sorted((PAYLOADS / schema).glob("*.json"))
+
+
+def load(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text())
+
+
+def payload(schema: str, name: str) -> dict[str, Any]:
+    return load(PAYLOADS / schema / f"{name}.json")["payload"]
+
+
+ALL_FIXTURES = [pytest.param(Schema(path.parent.name), path, id=f"{path.parent.name}/{path.stem}")
+                for schema in Schema for path in fixtures(schema.value)]
+
+
+def observed(update: Update, key: str) -> Any:
+    value = getattr(update, key)
+    if key == "state":
+        return None if value is None else value.value
+    if key in ("error", "output", "metadata") and value is not None:
+        return dict(value)
+    return value
+
+
+def read_all(schema: Schema, document: dict[str, Any]) -> list[Update]:
+    if isinstance(document["expect"], list):  # a story `GET /v1/jobs` page
+        return story.read_list(document["payload"], NOW)
+    return [read_update(schema, document["payload"], NOW)]
+
+
+# -- the payload tables -----------------------------------------------------------------------
+
+def test_every_schema_has_a_fixture_for_every_state():
+    for schema in Schema:
+        states = set()
+        for path in fixtures(schema.value):
+            expect = load(path)["expect"]
+            states.update(e["state"] for e in (expect if isinstance(expect, list) else [expect]))
+        wanted = {"queued", "running", "succeeded", "failed"}
+        wanted |= {"canceled"} if schema is Schema.JOBSTATUS else set()
+        assert wanted <= states, schema
+
+
+@pytest.mark.parametrize(("schema", "path"), ALL_FIXTURES)
+def test_adapter_reads_the_fields_the_fixture_expects(schema, path):
+    document = load(path)
+    expects = document["expect"] if isinstance(document["expect"], list) else [document["expect"]]
+
+    updates = read_all(schema, document)
+
+    assert len(updates) == len(expects)
+    for update, expect in zip(updates, expects, strict=True):
+        assert update.received_at == NOW
+        assert {key: observed(update, key) for key in expect} == expect
+
+
+@pytest.mark.parametrize(("schema", "path"), ALL_FIXTURES)
+def test_adapters_are_pure_same_payload_same_update_and_the_payload_is_untouched(schema, path):
+    document = load(path)
+    original = copy.deepcopy(document["payload"])
+
+    first, again = read_all(schema, document), read_all(schema, document)
+
+    assert first == again
+    assert document["payload"] == original
+
+
+@pytest.mark.parametrize(("schema", "path"), ALL_FIXTURES)
+def test_a_fixture_merged_into_a_fresh_job_serves_the_contract_shape(schema, path):
+    provider = make_settings().providers[{"generation": "gen", "story": "stories",
+                                          "jobstatus": "jobs"}[schema.value]]
+    for update in read_all(schema, load(path)):
+        job = merge(new_job(provider, update.external_id, now=isoformat(NOW)), update)
+
+        assert job is not None and job.version == 1
+        served = json.loads(json.dumps(job.to_dict()))
+        assert served["state"] == (update.state or State.QUEUED).value
+        assert served["terminal"] is (update.state or State.QUEUED).terminal
+        assert served["progress"] is None or 0.0 <= served["progress"] <= 1.0
+        assert (served["error"] is not None) is (served["state"] in ("failed", "canceled")
+                                                 and update.error is not None)
+        assert (served["finished_at"] is not None) is served["terminal"]
+
+
+def test_a_story_list_page_of_null_generations_is_an_empty_page():
+    assert story.read_list({"generations": None, "total": 0, "limit": 20, "offset": 0}, NOW) == []
+    assert story.read_list({"total": 0}, NOW) == []
+
+
+# -- status words -----------------------------------------------------------------------------
+
+USUAL_WORDS = {
+    State.QUEUED: ["queued", "pending", "created", "submitted", "waiting", "scheduled", "new"],
+    State.RUNNING: ["in_progress", "processing", "running", "generating", "started", "active"],
+    State.SUCCEEDED: ["completed", "succeeded", "success", "done", "complete", "finished"],
+    State.FAILED: ["failed", "error", "errored", "rejected", "failure", "timed_out"],
+    State.CANCELED: ["cancelled", "canceled", "canceling", "cancelling"],
+}
+
+
+def spellings(word: str) -> list[str]:
+    spaced = word.replace("_", " ")
+    return [word, word.upper(), word.title(), word.replace("_", "-"), spaced.upper(),
+            spaced.title(), f"  {word}\t", word.replace("_", "__").upper(), f"-{word}-"]
+
+
+@pytest.mark.parametrize(("state", "word"),
+                         [(state, word) for state, words in USUAL_WORDS.items()
+                          for word in words])
+def test_usual_status_words_map_to_their_state_in_any_case_and_separator(state, word):
+    for spelling in spellings(word):
+        assert state_of(spelling) is state, spelling
+
+
+def test_every_known_word_is_matched_whatever_its_spelling():
+    for word, state in STATE_OF_WORD.items():
+        assert all(state_of(spelling) is state for spelling in spellings(word)), word
+
+
+@pytest.mark.parametrize("word", ["", "   ", "QUANTUM_FLUX", "completed-ish", "in progress?",
+                                  "donee", "queue d", "paused", "0", "échoué"])
+def test_unknown_words_have_no_state(word):
+    assert state_of(word) is None
+
+
+def test_an_unknown_word_keeps_the_previous_state_and_records_the_word():
+    running = Job(id="j", provider="gen", schema="generation", external_id="e",
+                  state=State.RUNNING, provider_status="PROCESSING", progress=0.4, version=2)
+    update = read_update(Schema.GENERATION, {"id": "e", "status": "UPSCALING",
+                                             "progress_percent": 60}, NOW)
+
+    job = merge(running, update)
+
+    assert update.state is None
+    assert job is not None
+    assert (job.state, job.provider_status, job.progress, job.version) == (
+        State.RUNNING, "UPSCALING", 0.6, 3)
+
+
+def unknown_counts(metrics_text: str) -> dict[tuple[str, str], float]:
+    return {(sample.labels["provider"], sample.labels["word"]): sample.value
+            for family in text_string_to_metric_families(metrics_text)
+            for sample in family.samples
+            if sample.name == "relay_unknown_status_words_total"}
+
+
+@pytest.mark.anyio
+async def test_an_unknown_word_through_the_relay_is_counted_logged_once_and_keeps_state(caplog):
+    caplog.set_level(logging.WARNING, logger="relay.ingest.recorder")
+    async with running_relay() as relay:
+        await relay.webhook({"id": "u1", "status": "PROCESSING", "progress_percent": 10})
+        answers = [await relay.webhook({"id": "u1", "status": "QUANTUM_FLUX"}),
+                   await relay.webhook({"id": "u1", "status": "QUANTUM_FLUX"}),
+                   await relay.webhook({"id": "u1", "status": "Wibbling"})]
+        job = (await relay.client.get(f"/v1/jobs/{answers[0].json()['job_id']}")).json()
+        metrics = (await relay.client.get("/metrics")).text
+
+    assert [a.status_code for a in answers] == [202, 200, 202]  # the repeat is a duplicate
+    assert (job["state"], job["provider_status"], job["progress"]) == ("running", "Wibbling", 0.1)
+    counts = unknown_counts(metrics)
+    assert counts[("gen", "QUANTUM_FLUX")] == 2.0
+    assert counts[("gen", "Wibbling")] == 1.0
+    warned = [r.getMessage() for r in caplog.records if r.name == "relay.ingest.recorder"]
+    assert sum("'QUANTUM_FLUX'" in message for message in warned) == 1
+    assert sum("'Wibbling'" in message for message in warned) == 1
+
+
+# -- outgoing auth ----------------------------------------------------------------------------
+
+def provider_settings(schema: str, **extra: Any):
+    return parse_settings({"providers": {"p": {"schema": schema, **extra}}}).providers["p"]
+
+
+@pytest.mark.parametrize(("schema", "headers"), [
+    ("generation", {"x-api-key": "k-123"}),
+    ("story", {"Authorization": "Bearer k-123"}),
+    ("jobstatus", {"Authorization": "Bearer k-123"}),
+])
+def test_the_api_key_is_sent_the_schemas_way(schema, headers):
+    assert provider_settings(schema, api_key="k-123").auth_headers() == headers
+
+
+@pytest.mark.parametrize(("extra", "headers"), [
+    ({"auth_header": "X-Auth-Token"}, {"X-Auth-Token": "Bearer k-123"}),
+    ({"auth_scheme": "Token"}, {"Authorization": "Token k-123"}),
+    ({"auth_header": "Authorization", "auth_scheme": "JWT"}, {"Authorization": "JWT k-123"}),
+])
+def test_the_auth_header_and_scheme_are_configurable(extra, headers):
+    assert provider_settings("jobstatus", api_key="k-123", **extra).auth_headers() == headers
+
+
+def test_a_generation_key_can_be_sent_as_a_bearer_token_when_configured():
+    settings = provider_settings("generation", api_key="k-1", auth_header="Authorization",
+                                 auth_scheme="Bearer")
+    assert settings.auth_headers() == {"Authorization": "Bearer k-1"}
+
+
+@pytest.mark.parametrize("schema", ["generation", "story", "jobstatus"])
+def test_no_api_key_sends_no_auth_header(schema):
+    assert provider_settings(schema).auth_headers() == {}
+
+
+# -- the webhook route gives what the adapters and merge give ----------------------------------
+
+ROUTES = {  # provider name in make_settings(), its schema, its id field, its fixtures in order
+    "gen": (Schema.GENERATION, "id", ["pending", "processing_with_progress", "completed"]),
+    "stories": (Schema.STORY, "job_id", ["pending", "processing_with_scenes",
+                                         "completed_with_result"]),
+    "jobs": (Schema.JOBSTATUS, "id", ["queued", "percent_complete_only", "in_progress",
+                                      "completed"]),
+}
+FAILING = {"gen": "webhook_failed_snake_case_error_code", "stories": "failed_with_error",
+           "jobs": "failed"}
+TIME_FIELDS = ("id", "topics", "created_at", "started_at", "finished_at", "updated_at")
+
+
+def arrivals(provider: str, seed: int) -> list[dict[str, Any]]:
+    """A job's payloads in a seeded order, with repeats: seed 0 is the natural order, 1 the
+    reverse; seed 2 and up shuffle and end with a failure instead of the success."""
+    schema, _, names = ROUTES[provider]
+    rng = random.Random(seed)
+    if seed >= 2:
+        names = [*names[:-1], FAILING[provider]]
+    chosen = [payload(schema.value, name) for name in names]
+    if seed == 1:
+        chosen.reverse()
+    elif seed >= 2:
+        chosen += rng.choices(chosen, k=3)
+        rng.shuffle(chosen)
+    return chosen
+
+
+def with_id(provider: str, body: dict[str, Any], external_id: str) -> dict[str, Any]:
+    return {**body, ROUTES[provider][1]: external_id}
+
+
+def shape(job: dict[str, Any]) -> dict[str, Any]:
+    """A served job without what depends on when the relay received things."""
+    kept = {key: value for key, value in job.items() if key not in TIME_FIELDS}
+    return {**kept, "started": job["started_at"] is not None,
+            "finished": job["finished_at"] is not None}
+
+
+def direct(provider: str, external_id: str, bodies: Sequence[dict[str, Any]], tracked: bool
+           ) -> tuple[list[dict[str, Any]], list[int]]:
+    """The events and webhook answers the adapters and merge alone would make."""
+    settings = make_settings().providers[provider]
+    job = new_job(settings, external_id, now=isoformat(NOW))
+    events, answers = [], []
+    if tracked:
+        job = job.replace(version=1)
+        events.append(job.to_dict())
+    for index, body in enumerate(bodies):
+        update = read_update(settings.schema, body, NOW + timedelta(seconds=index))
+        merged = merge(job, update)
+        answers.append(200 if merged is None else 202)
+        if merged is not None:
+            job = merged
+            events.append(job.to_dict())
+    return events, answers
+
+
+async def post(relay, provider: str, body: dict[str, Any], hook_url: str | None):
+    if hook_url is None:
+        return await relay.webhook(body, provider=provider)
+    # The URL is built on public_url; the test relay listens elsewhere, so keep only the path.
+    return await relay.client.post(httpx.URL(hook_url).path, json=body)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("provider", list(ROUTES))
+async def test_webhooks_in_any_order_with_repeats_make_what_adapters_and_merge_make(provider):
+    async with running_relay() as relay:
+        for seed in range(4):
+            external_id = f"{provider}-order-{seed}"
+            bodies = [with_id(provider, body, external_id) for body in arrivals(provider, seed)]
+            # `gen` proves itself with Sync-Signature; the others by their webhook_url's token.
+            tracked = provider != "gen"
+            hook_url = (await relay.track(provider, external_id))["webhook_url"] if tracked \
+                else None
+            expected_events, expected_answers = direct(provider, external_id, bodies, tracked)
+
+            answers = [(await post(relay, provider, body, hook_url)).status_code
+                       for body in bodies]
+            job_id = (await relay.store.find(provider, external_id)).id
+            history = (await relay.client.get(f"/v1/jobs/{job_id}/history")).json()["events"]
+            served = (await relay.client.get(f"/v1/jobs/{job_id}")).json()
+
+            assert answers == expected_answers, seed
+            assert [shape(e["job"]) for e in history] == [shape(e) for e in expected_events]
+            assert shape(served) == shape(expected_events[-1])
+            assert served["terminal"], seed
+            assert_times_come_from_the_provider_or_the_first_implying_event(
+                provider, bodies, history)
+
+
+def assert_times_come_from_the_provider_or_the_first_implying_event(provider, bodies, history):
+    final = history[-1]["job"]
+    given = [read_update(ROUTES[provider][0], body, NOW) for body in bodies]
+    created = next(u.created_at for u in given if u.created_at)
+    assert final["created_at"] == created
+    provider_start = [u.started_at for u in given if u.started_at]
+    first_started = next((e for e in history if e["job"]["state"] in ("running", "succeeded")),
+                         None)
+    if provider_start:
+        assert final["started_at"] in provider_start
+    elif first_started is None:
+        assert final["started_at"] is None
+    else:
+        assert final["started_at"] == first_started["received_at"]
+    assert final["finished_at"] == next((u.finished_at for u in given if u.state and
+                                         u.state.terminal and u.finished_at),
+                                        history[-1]["received_at"])
