@@ -53,8 +53,8 @@ class Update:
     """One provider report about one job, as read by a schema adapter.
 
     `state` is None when the provider's status word is unknown: the job keeps its state and
-    `provider_status` records the word. Timestamps are ISO 8601 strings as the provider gave
-    them, or None.
+    `provider_status` records the word. Timestamps are the provider's, checked and written in
+    the relay's UTC form, or None.
     """
 
     external_id: str

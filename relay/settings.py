@@ -42,8 +42,8 @@ class ProviderSettings:
     poll_max_interval: float = 60.0
     webhook_grace: float = 120.0
     max_concurrency: int = 8
-    auth_header: str = ""
-    auth_scheme: str = ""
+    auth_header: str | None = None
+    auth_scheme: str | None = None  # "" sends the bare key
 
     def auth_headers(self) -> dict[str, str]:
         """The header that carries `api_key` to this provider, the schema's way by default."""
@@ -51,7 +51,7 @@ class ProviderSettings:
             return {}
         header, scheme = DEFAULT_AUTH[self.schema]
         header = self.auth_header or header
-        scheme = self.auth_scheme or scheme
+        scheme = scheme if self.auth_scheme is None else self.auth_scheme
         return {header: f"{scheme} {self.api_key}" if scheme else self.api_key}
 
 
@@ -253,8 +253,8 @@ def _provider(name: str, table: Any) -> ProviderSettings:
                                  low=interval),
         webhook_grace=_float(table, "webhook_grace", key, 120.0, low=0),
         max_concurrency=_int(table, "max_concurrency", key, 8, low=1, high=1000),
-        auth_header=_str(table, "auth_header", key, ""),
-        auth_scheme=_str(table, "auth_scheme", key, ""),
+        auth_header=_str(table, "auth_header", key, "") or None,
+        auth_scheme=_str(table, "auth_scheme", key, "") if "auth_scheme" in table else None,
     )
 
 

@@ -159,3 +159,11 @@ async def test_sqlite_store_can_be_given_ready_made(tmp_path):
         assert relay.store is store
         await relay.track("gen", "given")
         assert await store.find("gen", "given") is not None
+
+
+async def test_tracking_refuses_metadata_that_would_collide_with_the_providers_report():
+    async with running_relay() as relay:
+        response = await relay.client.post("/v1/jobs", json={
+            "provider": "gen", "external_id": "m", "metadata": {"provider": "mine"}})
+        assert response.status_code == 422
+        assert response.json()["details"] == {"field": "metadata"}

@@ -345,3 +345,9 @@ def assert_times_come_from_the_provider_or_the_first_implying_event(provider, bo
     assert final["finished_at"] == next((u.finished_at for u in given if u.state and
                                          u.state.terminal and u.finished_at),
                                         history[-1]["received_at"])
+
+
+def test_an_empty_auth_scheme_sends_the_bare_key():
+    settings = parse_settings({"providers": {"p": {
+        "schema": "jobstatus", "api_key": "jwt-token", "auth_scheme": ""}}})
+    assert settings.providers["p"].auth_headers() == {"Authorization": "jwt-token"}

@@ -78,4 +78,6 @@ def _metadata(body: dict[str, Any]) -> dict[str, Any]:
     metadata = body.get("metadata", {})
     if not isinstance(metadata, dict) or len(json.dumps(metadata)) > MAX_METADATA:
         raise _invalid("metadata", f"expected an object of at most {MAX_METADATA} bytes")
+    if "provider" in metadata:
+        raise _invalid("metadata", "the key 'provider' holds what the provider reports")
     return metadata
