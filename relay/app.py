@@ -27,6 +27,7 @@ from relay.ingest.recorder import Recorder
 from relay.ingest.tracking import Tracking
 from relay.ingest.webhooks import WebhookReceiver
 from relay.metrics import Metrics
+from relay.openapi import document
 from relay.settings import Settings
 from relay.store import Store, open_store
 from relay.web import RequestIdMiddleware, api_error, error_response, http_error, server_error
@@ -39,11 +40,11 @@ def create_app(settings: Settings, *, store: Store | None = None,
     metrics = Metrics()
     tokens = Tokens(settings.server.secret) if settings.server.secret else Tokens()
     access = Access(settings.server.api_keys, tokens)
-    hub = Hub(store, metrics)
+    hub = Hub(store, metrics, settings.server.heartbeat)
     recorder = Recorder(store, metrics)
     webhooks = WebhookReceiver(settings, recorder, tokens, metrics)
     tracking = Tracking(settings, recorder, access, tokens)
-    streams = Streams(store, hub, access, tokens, settings.server.heartbeat)
+    streams = Streams(store, hub, access, tokens)
     jobs = JobsApi(store, hub, access)
     dashboard = Dashboard(settings, tokens)
 
@@ -75,12 +76,18 @@ def create_app(settings: Settings, *, store: Store | None = None,
     async def metrics_page(request: Request) -> Response:
         return Response(metrics.render(), media_type="text/plain; version=0.0.4")
 
+    api_description = document()
+
+    async def openapi_page(request: Request) -> Response:
+        return JSONResponse(api_description)
+
     routes = [
         Route("/", dashboard.show),
         Mount("/static", StaticFiles(packages=[("relay", "static")]), name="static"),
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics_page),
+        Route("/openapi.json", openapi_page),
         Route("/hooks/{provider}", webhooks.receive, methods=["POST"]),
         Route("/hooks/{provider}/{token}", webhooks.receive, methods=["POST"]),
         Route("/v1/jobs", tracking.track, methods=["POST"]),

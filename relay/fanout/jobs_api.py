@@ -4,6 +4,7 @@ long-poll until it is terminal; the list, filtered and paginated; a job's histor
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 
 from starlette.requests import Request
@@ -67,21 +68,30 @@ class JobsApi:
         return job
 
     async def _wait_terminal(self, job_id: str, timeout: float) -> Job:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        job = await self._job(job_id)
+        while not job.terminal and not self.hub.stopping.is_set():
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            job = await self._until_terminal(job_id, remaining)
+        return job
+
+    async def _until_terminal(self, job_id: str, timeout: float) -> Job:
+        """The job once a terminal event arrives, or the timeout passes, or the hub lets go
+        of the subscription (dropped or stopping; the caller decides whether to go on)."""
         subscriber = self.hub.subscribe([f"job:{job_id}"])
         try:
             job = await self._job(job_id)  # read after subscribing: no change falls between
-            deadline = asyncio.get_running_loop().time() + timeout
-            while not job.terminal:
-                remaining = deadline - asyncio.get_running_loop().time()
-                try:
-                    frame = await asyncio.wait_for(subscriber.queue.get(), max(remaining, 0))
-                except TimeoutError:
-                    break
-                if frame is None:
-                    break
-                if frame.terminal:
-                    return await self._job(job_id)
-            return job if job.terminal else await self._job(job_id)
+            if job.terminal:
+                return job
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    while (frame := await subscriber.mailbox.get()) is not None:
+                        if frame.terminal:
+                            break
+            return await self._job(job_id)
         finally:
             self.hub.unsubscribe(subscriber)
 

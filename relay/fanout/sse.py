@@ -2,66 +2,71 @@
 
 A stream subscribes to the hub first, then sends what came before (the current state of each
 job, or exactly the events after `Last-Event-ID`), then the hub's live frames. Subscribing
-first means nothing falls between the two; an event that arrives both ways is sent once,
-because a job's versions only go up and each stream remembers the last version it sent.
+first means nothing falls between the two. An event can arrive both ways only while the
+backlog and the queue overlap: the stream remembers the version of each job its backlog sent
+and skips live frames at or below it (a job's versions only go up; the hub sends each event
+once, in order).
+
+The first page of the backlog is read before the response starts, so a bad `Last-Event-ID`
+is a 400 and a finished job's stream a 204, not a stream that breaks after its headers.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from dataclasses import dataclass
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 
-from relay.auth import MAX_GRANTS, MAX_TTL, Access, Grant, Tokens
+from relay.auth import DEFAULT_TTL, MAX_GRANTS, MAX_TTL, Access, Grant, Tokens
 from relay.errors import ApiError
-from relay.fanout.hub import Frame, Hub, Subscriber, encode
-from relay.models import Event
+from relay.fanout.hub import HEARTBEAT, Frame, Hub, Subscriber, encode
+from relay.fanout.stream import EventStream
+from relay.models import Event, Job
 from relay.store import Store
 from relay.web import json_object, read_json
 
 RETRY_MS = 3000
+PAGE = 500
 MAX_REPLAY = 10_000
 SNAPSHOT_LIMIT = 100
 MAX_TOPIC = 256
 
+RETRY = f"retry: {RETRY_MS}\n\n".encode()
 _HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    """What a stream sends before live frames: `first`, read before the response starts,
+    then (when resuming and the first page was full) the rest of the log after it."""
+
+    topics: Sequence[str]
+    last_id: str | None
+    first: list[Event]
+
+
 class Streams:
-    def __init__(self, store: Store, hub: Hub, access: Access, tokens: Tokens,
-                 heartbeat: float) -> None:
+    def __init__(self, store: Store, hub: Hub, access: Access, tokens: Tokens) -> None:
         self.store = store
         self.hub = hub
         self.access = access
         self.tokens = tokens
-        self.heartbeat = heartbeat
 
     async def job_events(self, request: Request) -> Response:
         """`GET /v1/jobs/{id}/events`: one job, closed after its terminal event."""
         grant = self._grant(request)
-        job = await self.store.get(request.path_params["id"])
-        if job is None:
-            raise ApiError("no such job", status=404, code="not_found")
-        if not grant.allows_job(job.id, job.topics):
-            raise ApiError("the token does not grant this job", status=403, code="forbidden")
-        topics = [f"job:{job.id}"]
-        last_id = _last_event_id(request)
-        if last_id is not None and job.terminal:
-            if not await self.store.read_since(last_id, topics=topics, limit=1):
-                return Response(status_code=204)  # tells the browser to stop reconnecting
-        return self._stream(topics, last_id, single_job=True)
+        job = await self._visible_job(grant, request.path_params["id"])
+        return await self._open([f"job:{job.id}"], _last_event_id(request), job)
 
     async def events(self, request: Request) -> Response:
         """`GET /v1/events?topic=…&job=…`: many jobs at once."""
         grant = self._grant(request)
         topics = _topics(request)
         for topic in topics:
-            if not grant.allows_topic(topic) and not _grants_job_topic(grant, topic):
-                raise ApiError(f"the token does not grant {topic!r}", status=403,
-                               code="forbidden")
-        return self._stream(topics, _last_event_id(request), single_job=False)
+            await self._check_topic(grant, topic)
+        return await self._open(topics, _last_event_id(request), None)
 
     async def create_token(self, request: Request) -> Response:
         """`POST /v1/tokens {"jobs", "topics", "ttl"}`: a token a browser can subscribe with."""
@@ -69,7 +74,7 @@ class Streams:
         body = json_object(await read_json(request))
         jobs = _strings(body, "jobs")
         topics = _strings(body, "topics")
-        ttl = body.get("ttl", 3600)
+        ttl = body.get("ttl", DEFAULT_TTL)
         if isinstance(ttl, bool) or not isinstance(ttl, int) or not 1 <= ttl <= MAX_TTL:
             raise ApiError(f"ttl: expected whole seconds from 1 to {MAX_TTL}",
                            code="invalid_request", details={"field": "ttl"})
@@ -82,69 +87,124 @@ class Streams:
         return self.access.grant(request.headers.get("authorization"),
                                  request.query_params.get("token"))
 
-    def _stream(self, topics: Sequence[str], last_id: str | None, single_job: bool
-                ) -> Response:
-        body = self._frames(topics, last_id, single_job)
-        return StreamingResponse(body, media_type="text/event-stream", headers=_HEADERS)
+    async def _visible_job(self, grant: Grant, job_id: str) -> Job:
+        job = await self.store.get(job_id)
+        if job is not None and grant.allows_job(job.id, job.topics):
+            return job
+        if job is None and grant.allows_job(job_id, ()):
+            raise ApiError("no such job", status=404, code="not_found")
+        raise ApiError("the token does not grant this job", status=403, code="forbidden")
 
-    async def _frames(self, topics: Sequence[str], last_id: str | None, single_job: bool
-                      ) -> AsyncIterator[bytes]:
-        sent: dict[str, int] = {}
+    async def _check_topic(self, grant: Grant, topic: str) -> None:
+        if grant.allows_topic(topic):
+            return
+        if topic.startswith("job:"):
+            job = await self.store.get(topic[4:])
+            if grant.allows_job(topic[4:], job.topics if job is not None else ()):
+                return
+        raise ApiError(f"the token does not grant {topic[:64]!r}", status=403, code="forbidden")
+
+    async def _open(self, topics: Sequence[str], last_id: str | None, job: Job | None
+                    ) -> Response:
+        """A stream of `topics`; `job` is the one job of a single-job stream."""
         subscriber = self.hub.subscribe(topics)
         try:
-            yield f"retry: {RETRY_MS}\n\n".encode()
-            async for frame in self._backlog(topics, last_id):
-                if _fresh(frame, sent):
-                    yield frame.data
-                    if single_job and frame.terminal:
-                        return
-            async for chunk in self._live(subscriber, sent, single_job):
-                yield chunk
-        finally:
+            first = await self._first_page(topics, last_id)
+        except BaseException:
             self.hub.unsubscribe(subscriber)
+            raise
+        if job is not None and job.terminal and last_id is not None and not first:
+            self.hub.unsubscribe(subscriber)
+            return Response(status_code=204)  # tells the browser to stop reconnecting
+        chunks = self._chunks(subscriber, Backlog(topics, last_id, first), job is not None)
+        return EventStream(chunks, subscriber, self.hub, headers=_HEADERS)
 
-    async def _backlog(self, topics: Sequence[str], last_id: str | None
-                       ) -> AsyncIterator[Frame]:
+    async def _first_page(self, topics: Sequence[str], last_id: str | None) -> list[Event]:
         if last_id is None:
-            for event in await self.store.latest(topics, SNAPSHOT_LIMIT):
-                yield encode(event)
-            return
-        async for event in self._replay(topics, last_id):
-            yield encode(event)
+            # The newest jobs, sent oldest cursor first: the last id seen is a resume point.
+            return await self.store.latest(topics, SNAPSHOT_LIMIT)
+        return await self.store.read_since(last_id, topics=topics, limit=PAGE)
+
+    async def _chunks(self, subscriber: Subscriber, backlog: Backlog, single_job: bool
+                      ) -> AsyncGenerator[bytes, None]:
+        sent: dict[str, int] = {}
+        yield RETRY
+        replayed = self._replayed(backlog, sent)
+        del backlog  # what was sent first is not kept for the life of the stream
+        async for data, terminal in replayed:
+            yield data
+            if single_job and terminal:
+                return
+        data = b""  # nor its last frame
+        async for chunk in self._live(subscriber, sent, single_job):
+            yield chunk
+
+    async def _replayed(self, backlog: Backlog, sent: dict[str, int]
+                        ) -> AsyncIterator[tuple[bytes, bool]]:
+        async for event in self._backlog(backlog):
+            frame = encode(event)
+            if sent.get(frame.job_id, 0) < frame.version:
+                sent[frame.job_id] = frame.version
+                yield frame.data, frame.terminal
+
+    async def _backlog(self, backlog: Backlog) -> AsyncIterator[Event]:
+        for event in backlog.first:
+            yield event
+        if backlog.last_id is not None and len(backlog.first) == PAGE:
+            async for event in self._replay(backlog.topics, backlog.first[-1].cursor):
+                yield event
 
     async def _replay(self, topics: Sequence[str], cursor: str) -> AsyncIterator[Event]:
-        # Bounded: past MAX_REPLAY events the stream goes live; a client far behind will
-        # see the newest state of each job from the live events.
-        replayed = 0
-        while replayed < MAX_REPLAY:
-            events = await self.store.read_since(cursor, topics=topics, limit=500)
+        # Capped: a client more than MAX_REPLAY events behind gets the current state of the
+        # newest jobs instead of the rest of the log.
+        for _ in range(MAX_REPLAY // PAGE - 1):
+            events = await self.store.read_since(cursor, topics=topics, limit=PAGE)
             for event in events:
                 yield event
-            replayed += len(events)
-            if len(events) < 500:
+            if len(events) < PAGE:
                 return
             cursor = events[-1].cursor
+        for event in await self.store.latest(topics, SNAPSHOT_LIMIT):
+            yield event
 
     async def _live(self, subscriber: Subscriber, sent: dict[str, int], single_job: bool
                     ) -> AsyncIterator[bytes]:
+        # A stream that fell behind sends everything waiting in one chunk: one write, not
+        # one per frame, exactly when writes are what it cannot keep up with.
+        mailbox = subscriber.mailbox
         while True:
-            try:
-                frame = await asyncio.wait_for(subscriber.queue.get(), self.heartbeat)
-            except TimeoutError:
-                yield b": heartbeat\n\n"
-                continue
-            if frame is None:
+            frames = [await mailbox.get(), *mailbox.get_waiting()]
+            chunk, done = _batch(frames, sent, single_job)
+            if chunk:
+                yield chunk
+            if done:
                 return
-            if _fresh(frame, sent):
-                yield frame.data
-                if single_job and frame.terminal:
-                    return
 
 
-def _fresh(frame: Frame, sent: dict[str, int]) -> bool:
-    if sent.get(frame.job_id, 0) >= frame.version:
+def _batch(frames: list[Frame | None], sent: dict[str, int], single_job: bool
+           ) -> tuple[bytes, bool]:
+    """The bytes to send for `frames`, and whether the stream ends after them."""
+    parts: list[bytes] = []
+    for frame in frames:
+        if frame is None:
+            return b"".join(parts), True
+        if frame is HEARTBEAT or _unseen(frame, sent):
+            parts.append(frame.data)
+            if single_job and frame.terminal:
+                return b"".join(parts), True
+    return b"".join(parts), False
+
+
+def _unseen(frame: Frame, sent: dict[str, int]) -> bool:
+    """Whether a live frame is new to this stream. Only jobs the backlog sent can repeat, and
+    once a newer frame of one arrives, none can again: its entry is forgotten, so `sent`
+    never outgrows the backlog."""
+    seen = sent.get(frame.job_id)
+    if seen is None:
+        return True
+    if frame.version <= seen:
         return False
-    sent[frame.job_id] = frame.version
+    del sent[frame.job_id]
     return True
 
 
@@ -163,10 +223,6 @@ def _topics(request: Request) -> list[str]:
         raise ApiError(f"at most {MAX_GRANTS} topics of {MAX_TOPIC} characters",
                        code="invalid_request")
     return topics
-
-
-def _grants_job_topic(grant: Grant, topic: str) -> bool:
-    return topic.startswith("job:") and topic[4:] in grant.jobs
 
 
 def _strings(body: dict[str, object], name: str) -> list[str]:

@@ -1,0 +1,317 @@
+"""The HTTP API described as an OpenAPI 3.1 document, served at `GET /openapi.json`.
+
+Written by hand from CONTRACT.md, so it says what the contract promises rather than what a
+type checker can infer. tests/test_subscribers_api.py fails when a route of `create_app` is missing
+here: a new route comes with its description.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+JSON = dict[str, Any]
+
+def document(version: str = "0.1.0") -> JSON:
+    """The whole document."""
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "relay",
+            "version": version,
+            "description": "Provider webhooks and polls in; one normalised job model out "
+                           "over server-sent events and HTTP.",
+        },
+        "paths": {**_operations_paths(), **_jobs_paths(), **_stream_paths(), **_hook_paths()},
+        "components": {"schemas": _schemas(), "securitySchemes": _security_schemes()},
+        "security": [{"apiKey": []}],
+    }
+
+
+# -- building blocks ------------------------------------------------------------------------
+
+def _ref(name: str) -> JSON:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: JSON, description: str) -> JSON:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _error(description: str) -> JSON:
+    return _json(_ref("Error"), description)
+
+
+def _param(name: str, where: str, schema: JSON, description: str,
+           required: bool = False) -> JSON:
+    return {"name": name, "in": where, "required": required or where == "path",
+            "schema": schema, "description": description}
+
+
+def _query(name: str, schema: JSON, description: str) -> JSON:
+    return _param(name, "query", schema, description)
+
+
+_STR: JSON = {"type": "string"}
+_JOB_ID = _param("id", "path", _STR, "The relay's job id.")
+_UNAUTHORIZED = _error("No valid API key (`Authorization: Bearer <key>`), or a token that is "
+                       "altered or expired.")
+_NOT_FOUND = _error("No such job.")
+_BAD_REQUEST = _error("A parameter is invalid; `details.field` names it.")
+_OPEN: list[JSON] = []  # an operation that needs no API key
+
+
+def _op(summary: str, responses: JSON, *, tag: str, params: list[JSON] | None = None,
+        body: JSON | None = None, security: list[JSON] | None = None) -> JSON:
+    operation: JSON = {"summary": summary, "tags": [tag], "responses": responses}
+    if params:
+        operation["parameters"] = params
+    if body is not None:
+        operation["requestBody"] = {"required": True,
+                                    "content": {"application/json": {"schema": body}}}
+    if security is not None:
+        operation["security"] = security
+    return operation
+
+
+# -- paths ----------------------------------------------------------------------------------
+
+def _operations_paths() -> JSON:
+    text = {"text/plain": {"schema": _STR}}
+    return {
+        "/": {"get": _op("The dashboard: live progress of recent jobs over SSE.", {
+            "200": {"description": "An HTML page.", "content": {"text/html": {"schema": _STR}}},
+        }, tag="operations", params=[_query("token", _STR, "A subscribe token for the page.")],
+            security=_OPEN)},
+        "/static/{path}": {"get": _op("The dashboard's assets.", {
+            "200": {"description": "The file."}, "404": {"description": "No such file."},
+        }, tag="operations", params=[_param("path", "path", _STR, "The asset's file name.")],
+            security=_OPEN)},
+        "/healthz": {"get": _op("Alive.", {
+            "200": _json({"type": "object", "properties": {"status": {"const": "ok"}}}, "Alive."),
+        }, tag="operations", security=_OPEN)},
+        "/readyz": {"get": _op("Ready: the store is reachable.", {
+            "200": _json({"type": "object", "properties": {"status": {"const": "ready"}}},
+                         "Ready."),
+            "503": _error("The store is unreachable."),
+        }, tag="operations", security=_OPEN)},
+        "/metrics": {"get": _op("Prometheus metrics; every name starts with `relay_`.", {
+            "200": {"description": "Prometheus text format 0.0.4.", "content": text},
+        }, tag="operations", security=_OPEN)},
+        "/openapi.json": {"get": _op("This document.", {
+            "200": _json({"type": "object"}, "The OpenAPI 3.1 document."),
+        }, tag="operations", security=_OPEN)},
+    }
+
+
+def _jobs_paths() -> JSON:
+    return {
+        "/v1/jobs": {
+            "post": _op("Start tracking a provider's job.", {
+                "201": _json(_ref("Tracked"), "Now tracked."),
+                "200": _json(_ref("Tracked"), "Already tracked: the same job."),
+                "400": _BAD_REQUEST, "401": _UNAUTHORIZED,
+                "404": _error("No provider of that name is configured."),
+                "422": _error("A field is invalid; `details.field` names it."),
+            }, tag="jobs", body=_ref("TrackRequest")),
+            "get": _op("Jobs, newest first, filtered and paginated.", {
+                "200": _json(_ref("JobList"), "A page of jobs."),
+                "400": _BAD_REQUEST, "401": _UNAUTHORIZED,
+            }, tag="jobs", params=_list_params()),
+        },
+        "/v1/jobs/{id}": {"get": _op("A job; with `wait=true`, held until it is terminal.", {
+            "200": _json(_ref("Job"), "The job (at the timeout, as it is then)."),
+            "400": _BAD_REQUEST, "401": _UNAUTHORIZED, "404": _NOT_FOUND,
+        }, tag="jobs", params=[
+            _JOB_ID,
+            _query("wait", {"type": "boolean", "default": False},
+                   "Hold the request until the job is terminal or the timeout passes."),
+            _query("timeout", {"type": "number", "minimum": 0, "maximum": 55, "default": 30},
+                   "Seconds to hold a `wait=true` request."),
+        ])},
+        "/v1/jobs/{id}/history": {"get": _op("Every stored change of a job, oldest first.", {
+            "200": _json({"type": "object", "required": ["events"], "properties": {
+                "events": {"type": "array", "items": _ref("Event")}}}, "The job's events."),
+            "401": _UNAUTHORIZED, "404": _NOT_FOUND,
+        }, tag="jobs", params=[_JOB_ID])},
+        "/v1/jobs/{id}/cancel": {"post": _op("Cancel a job at its provider (`jobstatus`).", {
+            "200": _json(_ref("Job"), "Canceled."),
+            "401": _UNAUTHORIZED, "404": _NOT_FOUND,
+            "409": _error("`cancel_not_supported` for schemas without cancel; "
+                          "`already_terminal` for a finished job."),
+            "502": _error("The provider could not be reached or refused (`provider_error`)."),
+        }, tag="jobs", params=[_JOB_ID])},
+    }
+
+
+def _list_params() -> list[JSON]:
+    states = {"type": "string", "enum": ["queued", "running", "succeeded", "failed", "canceled"]}
+    return [
+        _query("provider", _STR, "Only this provider's jobs."),
+        _query("state", states, "Only jobs in this state."),
+        _query("topic", _STR, "Only jobs with this topic."),
+        _query("external_id", _STR, "Only jobs the provider knows by this id."),
+        _query("limit", {"type": "integer", "minimum": 1, "maximum": 200, "default": 50},
+               "Page size."),
+        _query("offset", {"type": "integer", "minimum": 0, "default": 0}, "Jobs to skip."),
+    ]
+
+
+def _stream_paths() -> JSON:
+    token = _query("token", _STR, "A subscribe token (what a browser EventSource can send); "
+                                  "without one, the API key is required.")
+    last_id = _param("Last-Event-ID", "header", _STR,
+                     "Resume: exactly the events after this cursor, instead of current state.")
+    stream = {"description": "An event stream: `retry:`, then `id: <cursor>`, "
+                             "`event: job.updated`, `data: <Job>` per event, and heartbeat "
+                             "comments while idle.",
+              "content": {"text/event-stream": {"schema": _STR}}}
+    forbidden = _error("The token does not grant this job or topic.")
+    token_auth: list[JSON] = [{"apiKey": []}, {"subscribeToken": []}]
+    return {
+        "/v1/jobs/{id}/events": {"get": _op(
+            "One job's events: its current state, then live; ends after the terminal event.", {
+                "200": stream,
+                "204": {"description": "Reconnected after the terminal event: stop."},
+                "400": _error("Last-Event-ID is not a cursor this relay gave."),
+                "401": _UNAUTHORIZED, "403": forbidden, "404": _NOT_FOUND,
+            }, tag="events", params=[_JOB_ID, token, last_id], security=token_auth)},
+        "/v1/events": {"get": _op(
+            "Many jobs' events: the current state of each (the newest 100), then live.", {
+                "200": stream,
+                "400": _error("No topic or job named, too many, or a bad Last-Event-ID."),
+                "401": _UNAUTHORIZED, "403": forbidden,
+            }, tag="events", params=[
+                _query("topic", {"type": "array", "items": _STR},
+                       "Topics to follow (repeatable): `job:<id>`, `provider:<name>`, or any "
+                       "topic given when tracking."),
+                _query("job", {"type": "array", "items": _STR},
+                       "Job ids to follow (repeatable); the same as `topic=job:<id>`."),
+                token, last_id,
+            ], security=token_auth)},
+        "/v1/tokens": {"post": _op("A subscribe token granting only the jobs and topics named.", {
+            "201": _json(_ref("Token"), "The token."),
+            "400": _BAD_REQUEST, "401": _UNAUTHORIZED,
+        }, tag="events", body=_ref("TokenRequest"))},
+    }
+
+
+def _hook_paths() -> JSON:
+    provider = _param("provider", "path", _STR, "The provider's name in the configuration.")
+    responses = {
+        "202": _json(_ref("Accepted"), "Stored durably."),
+        "200": _json(_ref("Accepted"), "A repeat: `duplicate` is true and nothing changed."),
+        "400": _error("The body is not JSON (`invalid_json`)."),
+        "401": _error("The signature or path token does not prove the delivery."),
+        "404": _error("No provider of that name (`unknown_provider`)."),
+        "413": _error("The body is over the cap (`payload_too_large`)."),
+        "422": _error("No job id or no status (`invalid_payload`)."),
+    }
+    body = {"type": "object", "description": "The provider schema's status object."}
+    signed = _op("A provider's webhook, proven by a signature header (Sync-Signature, "
+                 "X-Signature-Primary or Standard Webhooks).", responses, tag="webhooks",
+                 params=[provider], body=body, security=_OPEN)
+    tokened = _op("A provider's webhook, proven by the signed path token of the job's "
+                  "`webhook_url`.", responses, tag="webhooks",
+                  params=[provider, _param("token", "path", _STR, "The relay-signed token.")],
+                  body=body, security=_OPEN)
+    return {"/hooks/{provider}": {"post": signed}, "/hooks/{provider}/{token}": {"post": tokened}}
+
+
+# -- components -----------------------------------------------------------------------------
+
+def _security_schemes() -> JSON:
+    return {
+        "apiKey": {"type": "http", "scheme": "bearer",
+                   "description": "One of `server.api_keys` (open on loopback when none)."},
+        "subscribeToken": {"type": "apiKey", "in": "query", "name": "token",
+                           "description": "A token from `POST /v1/tokens` or `POST /v1/jobs`."},
+    }
+
+
+def _nullable(schema: JSON) -> JSON:
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+def _object(required: list[str], properties: JSON) -> JSON:
+    return {"type": "object", "required": required, "properties": properties}
+
+
+def _schemas() -> JSON:
+    return {**_job_schemas(), **_request_schemas()}
+
+
+def _job_schemas() -> JSON:
+    timestamp = _nullable({"type": "string", "format": "date-time"})
+    job = _object(
+        ["id", "provider", "schema", "external_id", "state", "terminal", "topics", "version"], {
+            "id": _STR, "provider": _STR,
+            "schema": {"type": "string", "enum": ["story", "generation", "jobstatus"]},
+            "external_id": _STR,
+            "state": {"type": "string",
+                      "enum": ["queued", "running", "succeeded", "failed", "canceled"]},
+            "terminal": {"type": "boolean"},
+            "provider_status": _nullable(_STR),
+            "progress": _nullable({"type": "number", "minimum": 0, "maximum": 1}),
+            "stage": _nullable(_STR),
+            "error": _nullable(_object(["code", "message"], {"code": _STR, "message": _STR})),
+            "output": _nullable({"type": "object"}),
+            "topics": {"type": "array", "items": _STR},
+            "metadata": {"type": "object"},
+            "created_at": timestamp, "started_at": timestamp, "finished_at": timestamp,
+            "updated_at": timestamp,
+            "version": {"type": "integer", "minimum": 0},
+        })
+    return {
+        "Job": job,
+        "Event": _object(["cursor", "received_at", "source", "job"], {
+            "cursor": {"type": "string", "description": "Opaque; the SSE `id`."},
+            "received_at": {"type": "string", "format": "date-time"},
+            "source": {"type": "string", "enum": ["webhook", "poll", "api"]},
+            "job": _ref("Job"),
+        }),
+        "JobList": _object(["jobs", "total", "limit", "offset"], {
+            "jobs": {"type": "array", "items": _ref("Job")},
+            "total": {"type": "integer"}, "limit": {"type": "integer"},
+            "offset": {"type": "integer"},
+        }),
+        "Accepted": _object(["accepted", "job_id"], {
+            "accepted": {"const": True}, "job_id": _STR, "cursor": _STR,
+            "duplicate": {"type": "boolean"},
+        }),
+        "Error": _object(["error", "message", "details", "request_id"], {
+            "error": {"type": "string", "description": "A stable code, e.g. `forbidden`."},
+            "message": _STR,
+            "details": _nullable({"type": "object"}),
+            "request_id": {"type": "string", "description": "Also in `X-Request-ID`."},
+        }),
+    }
+
+
+def _request_schemas() -> JSON:
+    strings = {"type": "array", "items": {"type": "string", "minLength": 1, "maxLength": 256},
+               "maxItems": 100}
+    return {
+        "TrackRequest": _object(["provider", "external_id"], {
+            "provider": _STR, "external_id": _STR,
+            "topics": {"type": "array", "items": _STR, "maxItems": 50,
+                       "description": "Extra topics; `job:` and `provider:` are the relay's."},
+            "metadata": {"type": "object", "description": "Kept with the job, as given."},
+        }),
+        "Tracked": _object(["job", "webhook_url", "subscribe_token", "events_url"], {
+            "job": _ref("Job"), "webhook_url": _STR, "subscribe_token": _STR,
+            "events_url": _STR,
+        }),
+        "TokenRequest": {
+            "type": "object",
+            "description": "At least one of `jobs` and `topics`.",
+            "properties": {
+                "jobs": strings, "topics": strings,
+                "ttl": {"type": "integer", "minimum": 1, "maximum": 30 * 86400,
+                        "default": 3600, "description": "Seconds until it expires."},
+            },
+        },
+        "Token": _object(["token", "expires_at"], {
+            "token": _STR,
+            "expires_at": {"type": "integer", "description": "Unix seconds."},
+        }),
+    }
