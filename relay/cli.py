@@ -70,7 +70,9 @@ def _serve(args: argparse.Namespace) -> int:
     sock = bind(settings.server.host, settings.server.port)
     logger.info("relay listening on http://%s:%s (store %s)", settings.server.host,
                 sock.getsockname()[1], settings.server.store)
-    make_server(app, log_level=args.log_level).run(sockets=[sock])
+    # Above info the access log is off, not just filtered: its line is built per request.
+    make_server(app, log_level=args.log_level,
+                access_log=args.log_level in ("debug", "info")).run(sockets=[sock])
     return 0
 
 

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
+import contextlib
 import hmac
 import json
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Iterator, Mapping, Sequence
 
 SYNC = "sync-signature"
 PRIMARY = "x-signature-primary"
 STANDARD = "webhook-signature"
 MAX_SIGNATURES = 10
+_TIMESTAMP = re.compile(r"[0-9]{1,12}")
 
 
 def verify(headers: Mapping[str, str], body: bytes, secrets: Sequence[str], *,
@@ -32,21 +34,22 @@ def verify(headers: Mapping[str, str], body: bytes, secrets: Sequence[str], *,
     return "missing_signature"
 
 
-def _hmac_hex(key: bytes, message: bytes) -> str:
-    return hmac.new(key, message, hashlib.sha256).hexdigest()
+def _hmac(key: bytes, message: bytes) -> bytes:
+    return hmac.digest(key, message, "sha256")
 
 
-def _any_match(expected: Sequence[str], given: Sequence[str]) -> bool:
+def _any_match(expected: Sequence[bytes], given: Sequence[bytes]) -> bool:
     # Every pair is compared, so the time taken says nothing about which one matched.
     matched = False
     for mine in expected:
         for theirs in given:
-            matched |= hmac.compare_digest(mine.encode(), theirs.encode())
+            matched |= hmac.compare_digest(mine, theirs)
     return matched
 
 
 def _stale(timestamp: str, now: float, tolerance: float) -> str | None:
-    if not timestamp.isdigit() or len(timestamp) > 12:
+    # ASCII digits only: str.isdigit() also accepts "²", which int() refuses.
+    if not _TIMESTAMP.fullmatch(timestamp):
         return "malformed_timestamp"
     return "stale_timestamp" if abs(now - int(timestamp)) > tolerance else None
 
@@ -55,42 +58,62 @@ def _stale(timestamp: str, now: float, tolerance: float) -> str | None:
 
 def _verify_sync(header: str, body: bytes, secrets: Sequence[str], now: float,
                  tolerance: float) -> str | None:
-    parts = [part.strip().partition("=") for part in header.split(",")[:MAX_SIGNATURES + 1]]
-    stamps = [value for key, _, value in parts if key == "t"]
-    given = [value.lower() for key, _, value in parts if key == "v1"]
-    if len(stamps) != 1 or not given:
+    stamp, given = _sync_parts(header)
+    if stamp is None or not given:
         return "malformed_signature"
-    problem = _stale(stamps[0], now, tolerance)
+    problem = _stale(stamp, now, tolerance)
     if problem:
         return problem
-    prefix = stamps[0].encode() + b"."
+    prefix = stamp.encode() + b"."
+    keys = [secret.encode() for secret in secrets]
     for candidate in _sync_bodies(body):
-        expected = [_hmac_hex(secret.encode(), prefix + candidate) for secret in secrets]
-        if _any_match(expected, given):
+        if _any_match([_hmac(key, prefix + candidate) for key in keys], given):
             return None
     return "signature_mismatch"
 
 
-def _sync_bodies(body: bytes) -> list[bytes]:
+def _sync_parts(header: str) -> tuple[str | None, list[bytes]]:
+    """The one `t=` of a Sync-Signature header (None unless exactly one) and its `v1=`
+    signatures, decoded (a sender rotating its secret may send several)."""
+    stamps, given = [], []
+    for part in header.split(",")[:MAX_SIGNATURES + 1]:
+        key, _, value = part.strip().partition("=")
+        if key == "t":
+            stamps.append(value)
+        elif key == "v1":
+            given.append(_unhex(value))
+    return (stamps[0] if len(stamps) == 1 else None), [g for g in given if g]
+
+
+def _unhex(value: str) -> bytes:
+    try:
+        return bytes.fromhex(value)
+    except ValueError:
+        return b""
+
+
+def _sync_bodies(body: bytes) -> Iterator[bytes]:
     """The raw body first, then the body re-serialised as compact JSON (senders that sign
-    their serialisation rather than the bytes they send)."""
-    bodies = [body]
+    their serialisation rather than the bytes they send). Lazy: a genuine sender that signs
+    its bytes costs no JSON round trip."""
+    yield body
     try:
         parsed = json.loads(body)
-    except ValueError:
-        return bodies
-    for ascii_only in (True, False):
-        compact = json.dumps(parsed, separators=(",", ":"), ensure_ascii=ascii_only).encode()
-        if compact not in bodies:
-            bodies.append(compact)
-    return bodies
+        compact = [json.dumps(parsed, separators=(",", ":"), ensure_ascii=ascii_only).encode()
+                   for ascii_only in (True, False)]
+    except (ValueError, RecursionError):  # not JSON, or nested too deep to re-serialise
+        return
+    yield from dict.fromkeys(c for c in compact if c != body)
 
 
 # -- X-Signature-Primary: <hex> over the raw body --------------------------------------------
 
 def _verify_primary(header: str, body: bytes, secrets: Sequence[str]) -> str | None:
-    expected = [_hmac_hex(secret.encode(), body) for secret in secrets]
-    return None if _any_match(expected, [header.strip().lower()]) else "signature_mismatch"
+    given = _unhex(header.strip())
+    if not given:
+        return "malformed_signature"
+    expected = [_hmac(secret.encode(), body) for secret in secrets]
+    return None if _any_match(expected, [given]) else "signature_mismatch"
 
 
 # -- Standard Webhooks: v1,<base64> over "<id>.<timestamp>." + body ---------------------------
@@ -103,29 +126,48 @@ def _verify_standard(headers: Mapping[str, str], body: bytes, secrets: Sequence[
     problem = _stale(timestamp, now, tolerance)
     if problem:
         return problem
-    given = [sig for version, _, sig in (entry.partition(",") for entry in
-             headers[STANDARD].split()[:MAX_SIGNATURES]) if version == "v1"]
+    given = _standard_signatures(headers[STANDARD])
+    if not given:
+        return "malformed_signature"
     message = f"{msg_id}.{timestamp}.".encode() + body
-    expected = [standard_signature(key, message) for key in _standard_keys(secrets)]
+    expected = [_hmac(key, message) for key in standard_keys(secrets)]
     return None if _any_match(expected, given) else "signature_mismatch"
 
 
-def standard_signature(key: bytes, message: bytes) -> str:
-    return base64.b64encode(hmac.new(key, message, hashlib.sha256).digest()).decode()
+def _standard_signatures(header: str) -> list[bytes]:
+    """The decoded `v1` signatures of a `webhook-signature` header (space-separated, so a
+    sender rotating its secret can sign with both); other versions are skipped."""
+    decoded = []
+    for entry in header.split()[:MAX_SIGNATURES]:
+        version, _, signature = entry.partition(",")
+        if version == "v1":
+            try:
+                decoded.append(base64.b64decode(signature, validate=True))
+            except (binascii.Error, ValueError):
+                continue
+    return decoded
 
 
-def _standard_keys(secrets: Sequence[str]) -> list[bytes]:
-    keys = []
+def standard_keys(secrets: Sequence[str]) -> list[bytes]:
+    """The HMAC keys of `secrets` for Standard Webhooks. `whsec_<base64>` is decoded the way
+    the standardwebhooks libraries do (padding optional); a secret without the prefix is
+    tried both decoded and as its own UTF-8 bytes, since providers hand out either."""
+    keys: list[bytes] = []
     for secret in secrets:
-        try:
-            keys.append(base64.b64decode(secret.removeprefix("whsec_"), validate=True))
-        except (binascii.Error, ValueError):
-            keys.append(secret.encode())  # a plain secret: its bytes are the key
-    return keys
+        encoded = secret.removeprefix("whsec_")
+        with contextlib.suppress(binascii.Error, ValueError):
+            keys.append(base64.b64decode(encoded + "=="))
+        if encoded == secret:
+            keys.append(secret.encode())
+    return [key for key in dict.fromkeys(keys) if key]
+
+
+def standard_signature(key: bytes, message: bytes) -> str:
+    return base64.b64encode(_hmac(key, message)).decode()
 
 
 # -- signing, for the relay's own deliveries and the simulators -------------------------------
 
 def sync_signature_header(secret: str, body: bytes, timestamp: int) -> str:
-    return f"t={timestamp},v1={_hmac_hex(secret.encode(), f'{timestamp}.'.encode() + body)}"
+    return f"t={timestamp},v1={_hmac(secret.encode(), f'{timestamp}.'.encode() + body).hex()}"
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
+from prometheus_client import Counter
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from relay.auth import Tokens
-from relay.errors import ApiError
+from relay.errors import ApiError, StoreError
 from relay.ingest.recorder import Recorder
 from relay.ingest.signatures import verify
 from relay.metrics import Metrics
@@ -27,40 +28,70 @@ from relay.web import parse_json, read_body
 logger = logging.getLogger(__name__)
 
 _JSON_TYPES = ("application/json", "text/json")
+MAX_MESSAGE_ID = 256
 
 
 class WebhookReceiver:
     def __init__(self, settings: Settings, recorder: Recorder, tokens: Tokens,
-                 metrics: Metrics) -> None:
+                 metrics: Metrics,
+                 on_unverified: Callable[[str, bytes], None] | None = None) -> None:
         self.settings = settings
         self.recorder = recorder
         self.tokens = tokens
         self.metrics = metrics
+        # Told (provider name, raw body) of each delivery that failed verification, so the
+        # poll scheduler can check the job it names at the provider.
+        self.on_unverified = on_unverified
+        self._counters: dict[tuple[str, str], Counter] = {}
 
     async def receive(self, request: Request) -> Response:
         provider = self._provider(request.path_params["provider"])
         try:
             return await self._receive(request, provider)
         except ApiError as exc:
-            self.metrics.webhooks.labels(provider.name, getattr(exc, "reason", exc.code)).inc()
+            self._count(provider, getattr(exc, "reason", exc.code))
+            raise
+        except StoreError:
+            self._count(provider, "store_unavailable")
             raise
 
     async def _receive(self, request: Request, provider: ProviderSettings) -> Response:
         _check_content_type(request.headers.get("content-type", ""))
         body = await read_body(request, self.settings.server.max_body)
-        self._authenticate(provider, request.path_params.get("token"), request.headers, body)
+        try:
+            self._authenticate(provider, request.path_params.get("token"), request.headers, body)
+        except Unverified:
+            self._tell_unverified(provider, body)
+            raise
         update = read_update(provider.schema, parse_json(body), utcnow())
-        dedupe = request.headers.get("webhook-id")
         applied = await self.recorder.record(
             provider, update, Source.WEBHOOK,
-            dedupe_key=f"{provider.name}:{dedupe[:256]}" if dedupe else None)
-        assert applied.job is not None
+            dedupe_key=_dedupe_key(provider, update.external_id, request.headers))
+        job_id = applied.job.id if applied.job is not None else None
         if applied.event is None:
-            self.metrics.webhooks.labels(provider.name, "duplicate").inc()
-            return JSONResponse({"accepted": True, "duplicate": True, "job_id": applied.job.id})
-        self.metrics.webhooks.labels(provider.name, "accepted").inc()
-        return JSONResponse({"accepted": True, "job_id": applied.job.id,
+            self._count(provider, "duplicate")
+            return JSONResponse({"accepted": True, "duplicate": True, "job_id": job_id})
+        self._count(provider, "accepted")
+        return JSONResponse({"accepted": True, "job_id": job_id,
                              "cursor": applied.event.cursor}, status_code=202)
+
+    def _tell_unverified(self, provider: ProviderSettings, body: bytes) -> None:
+        # Best effort, on a body that proved nothing: whatever the hook does with it, the
+        # sender is answered 401, never 500.
+        if self.on_unverified is None:
+            return
+        try:
+            self.on_unverified(provider.name, body)
+        except Exception:
+            logger.exception("the unverified-delivery hook failed for %s", provider.name)
+
+    def _count(self, provider: ProviderSettings, outcome: str) -> None:
+        # The labelled child is looked up once per (provider, outcome): both sets are small.
+        counter = self._counters.get((provider.name, outcome))
+        if counter is None:
+            counter = self.metrics.webhooks.labels(provider.name, outcome)
+            self._counters[(provider.name, outcome)] = counter
+        counter.inc()
 
     def _provider(self, name: str) -> ProviderSettings:
         provider = self.settings.providers.get(name)
@@ -96,6 +127,16 @@ class Unverified(ApiError):
     def __init__(self, reason: str) -> None:
         super().__init__("the delivery could not be verified")
         self.reason = reason
+
+
+def _dedupe_key(provider: ProviderSettings, external_id: str,
+                headers: Mapping[str, str]) -> str | None:
+    """A redelivered message (same `webhook-id`, same job) is a duplicate. The job is part of
+    the key so that a sender reusing ids across jobs never loses an update."""
+    message_id = headers.get("webhook-id")
+    if not message_id:
+        return None
+    return f"{provider.name}:{external_id}:{message_id[:MAX_MESSAGE_ID]}"
 
 
 def _check_content_type(header: str) -> None:

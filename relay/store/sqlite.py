@@ -6,13 +6,24 @@ behind one each, and each caller is answered only after that commit. The databas
 mode with `synchronous=FULL`, so a committed update survives a crash or power loss. Reads use
 their own connections (one per thread), which WAL lets run beside the writer.
 
-Cursors are the event's `seq`, in decimal.
+What keeps a write cheap: the writer remembers the jobs it wrote last (no read and decode of
+the job it is about to update), writes a batch's rows with a few `executemany` calls, and
+keeps the newest committed events in memory so that followers of the log (`read_since` with
+no topics: the hub, the pollers) need no query. All of it is only trusted while this process
+is the database's only writer: `PRAGMA data_version`, checked under the write lock, tells
+when another connection has written, and then it is forgotten.
+
+Cursors are the event's `seq`, in decimal. The writer assigns them itself (consecutively,
+under the write lock), so a batch's events are numbered before they are written.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
+import re
 import sqlite3
 import threading
 from collections.abc import Callable, Collection
@@ -26,7 +37,13 @@ from relay.store import Applied, Change, JobQuery, Store
 
 T = TypeVar("T")
 
+logger = logging.getLogger(__name__)
+
 MAX_BATCH = 1000
+MAX_CACHED = 4096
+MAX_TAIL = 2048
+_COMPACT = json.JSONEncoder(separators=(",", ":"))  # made once: json.dumps makes one a call
+_CURSOR = re.compile(r"[0-9]{1,19}")  # ASCII digits: str.isdigit() also takes "²"
 DEDUPE_DAYS = 7
 
 _SCHEMA = """
@@ -87,8 +104,14 @@ class SQLiteStore(Store):
         self._queue: asyncio.Queue[tuple[_Write, asyncio.Future[Applied]] | None] = (
             asyncio.Queue())
         self._write_task: asyncio.Task[None] | None = None
-        self._last_seq = 0
-        self._changed = asyncio.Condition()
+        self._last_seq = 0  # the newest committed event, as the event loop knows it
+        self._max_seq = 0  # the newest event a reader may see: _last_seq, or one committing
+        self._changed = asyncio.Event()  # set, and replaced, after each commit
+        self._tail = _Tail()
+        self._jobs = _JobCache()
+        self._data_version: int | None = None
+        self._pending = 0
+        self._commits = 0
 
     @classmethod
     def from_url(cls, url: str) -> SQLiteStore:
@@ -101,7 +124,7 @@ class SQLiteStore(Store):
     # -- lifecycle ------------------------------------------------------------------------
 
     async def open(self) -> None:
-        self._last_seq = await self._on_writer(self._open_writer)
+        self._last_seq = self._max_seq = await self._on_writer(self._open_writer)
         self._write_task = asyncio.create_task(self._write_loop(), name="sqlite-writer")
 
     def _open_writer(self) -> int:
@@ -145,7 +168,21 @@ class SQLiteStore(Store):
         done: asyncio.Future[Applied] = asyncio.get_running_loop().create_future()
         write = _Write(provider, external_id, change, source, received_at, dedupe_key)
         self._queue.put_nowait((write, done))
-        return await done
+        self._pending += 1
+        try:
+            return await done
+        finally:
+            self._pending -= 1
+
+    @property
+    def pending(self) -> int:
+        """Writes handed to `apply` and not answered yet (waiting for, or in, a commit)."""
+        return self._pending
+
+    @property
+    def commits(self) -> int:
+        """Write transactions committed since `open`: with group commit, fewer than writes."""
+        return self._commits
 
     async def _write_loop(self) -> None:
         while True:
@@ -167,10 +204,17 @@ class SQLiteStore(Store):
         items = [item for item in batch if item is not None]
         if not items:
             return
+        results: list[Applied | BaseException]
         try:
-            results = await self._on_writer(self._commit, [write for write, _ in items])
-        except StoreError as exc:
+            committed = await self._on_writer(self._commit, [write for write, _ in items])
+        except Exception as exc:  # whatever went wrong, every caller is answered
+            if not isinstance(exc, StoreError):
+                logger.exception("the SQLite writer failed")
+                exc = StoreError(f"SQLite write failed: {exc!r}")
             results = [exc] * len(items)
+        else:
+            results = committed.results
+            self._publish(committed)
         for (_, done), result in zip(items, results, strict=True):
             if done.cancelled():
                 continue
@@ -178,61 +222,65 @@ class SQLiteStore(Store):
                 done.set_exception(result)
             else:
                 done.set_result(result)
-        await self._notify()
 
-    def _commit(self, writes: list[_Write]) -> list[Applied | BaseException]:
+    def _publish(self, committed: _Committed) -> None:
+        """On the event loop, after a commit: the new events become readable from the tail
+        and the last cursor moves, in one step, then followers are woken."""
+        if committed.foreign:
+            self._tail.clear()
+        self._tail.extend(committed.events)
+        self._last_seq = max(self._last_seq, committed.seq)
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    def _commit(self, writes: list[_Write]) -> _Committed:
         conn = self._write_conn
         assert conn is not None
         try:
             conn.execute("BEGIN IMMEDIATE")
-            results = [self._apply_one(conn, write) for write in writes]
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            if conn.in_transaction:
+            foreign = self._catch_up(conn)
+            batch = _Batch(conn, self._jobs, self._max_seq)
+            results = [batch.apply(write) for write in writes]
+            batch.flush()
+            self._publish_and_commit(conn, batch.seq)
+        except BaseException as exc:
+            self._abandon(conn)
+            if isinstance(exc, sqlite3.Error):
+                raise StoreError(f"SQLite write failed: {exc}") from exc
+            raise
+        self._commits += 1
+        self._jobs.keep(batch.jobs)
+        return _Committed(results, batch.new_events, batch.seq, foreign)
+
+    def _abandon(self, conn: sqlite3.Connection) -> None:
+        # Whatever failed, the next batch must not find this transaction still open.
+        self._jobs.clear()
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
-            raise StoreError(f"SQLite write failed: {exc}") from exc
-        for result in results:
-            if isinstance(result, Applied) and result.event is not None:
-                self._last_seq = max(self._last_seq, int(result.event.cursor))
-        return results
 
-    def _apply_one(self, conn: sqlite3.Connection, write: _Write) -> Applied | BaseException:
-        row = conn.execute("SELECT job FROM jobs WHERE provider = ? AND external_id = ?",
-                           (write.provider, write.external_id)).fetchone()
-        current = _job(row[0]) if row else None
-        if write.dedupe_key is not None:
-            if conn.execute("SELECT 1 FROM dedupe WHERE key = ?",
-                            (write.dedupe_key,)).fetchone():
-                return Applied(current, None, duplicate=True)
-            conn.execute("INSERT INTO dedupe VALUES (?, unixepoch())", (write.dedupe_key,))
+    def _publish_and_commit(self, conn: sqlite3.Connection, seq: int) -> None:
+        # The new last cursor is published before COMMIT: a reader may see the new rows the
+        # moment COMMIT returns, and must not find their cursors unknown (InvalidCursor).
+        published = self._max_seq
+        self._max_seq = seq
         try:
-            new = write.change(current)
-        except Exception as exc:  # the caller's pure function failed: its own error, not ours
-            return exc
-        if new is None:
-            return Applied(current, None)
-        return Applied(new, self._insert(conn, write, current, new))
+            conn.execute("COMMIT")
+        except BaseException:
+            self._max_seq = published
+            raise
 
-    def _insert(self, conn: sqlite3.Connection, write: _Write, current: Job | None,
-                new: Job) -> Event:
-        body = json.dumps(new.to_dict(), separators=(",", ":"))
-        seq = conn.execute(
-            "INSERT INTO events (job_id, source, received_at, job) VALUES (?, ?, ?, ?)",
-            (new.id, write.source.value, write.received_at, body)).lastrowid
-        conn.execute(
-            "INSERT INTO jobs (id, provider, external_id, state, terminal, seq, job)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET state = excluded.state,"
-            " terminal = excluded.terminal, seq = excluded.seq, job = excluded.job",
-            (new.id, new.provider, new.external_id, new.state.value, new.terminal, seq, body))
-        if current is None or current.topics != new.topics:
-            conn.execute("DELETE FROM job_topics WHERE job_id = ?", (new.id,))
-            conn.executemany("INSERT OR IGNORE INTO job_topics VALUES (?, ?)",
-                             [(topic, new.id) for topic in new.topics])
-        return Event(str(seq), new, write.source, write.received_at)
-
-    async def _notify(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
+    def _catch_up(self, conn: sqlite3.Connection) -> bool:
+        """Forget what this writer remembers when another connection has committed since
+        (`PRAGMA data_version` says so; checked under the write lock). True when it had."""
+        version = conn.execute("PRAGMA data_version").fetchone()[0]
+        if version == self._data_version:
+            return False
+        foreign = self._data_version is not None
+        self._data_version = version
+        self._jobs.clear()
+        self._max_seq = max(self._max_seq, _max_seq(conn))
+        return foreign
 
     async def secret(self, name: str, generate: Callable[[], str]) -> str:
         def keep(conn: sqlite3.Connection) -> str:
@@ -292,6 +340,10 @@ class SQLiteStore(Store):
     async def read_since(self, cursor: str | None, *, topics: Collection[str] | None = None,
                          limit: int = 500) -> list[Event]:
         after = self._seq(cursor)
+        if topics is None:
+            recent = self._tail.since(after, limit)
+            if recent is not None:
+                return recent
         sql = "SELECT seq, source, received_at, job FROM events WHERE seq > ?"
         params: list[Any] = [after]
         if topics is not None:
@@ -307,18 +359,21 @@ class SQLiteStore(Store):
         return str(self._last_seq) if self._last_seq else None
 
     async def wait(self, cursor: str | None, timeout: float) -> None:
+        # An Event per commit rather than Condition.wait_for inside wait_for: on Python 3.11
+        # that pair can swallow a cancellation, and a follower that ignores cancel hangs
+        # shutdown.
         after = self._seq(cursor)
-        async with self._changed:
-            try:
-                await asyncio.wait_for(
-                    self._changed.wait_for(lambda: self._last_seq > after), timeout)
-            except TimeoutError:
-                pass
+        changed = self._changed
+        if self._last_seq > after:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await changed.wait()
 
     def _seq(self, cursor: str | None) -> int:
         if cursor is None:
             return 0
-        if not cursor.isdigit() or len(cursor) > 19 or int(cursor) > self._last_seq:
+        if not _CURSOR.fullmatch(cursor) or int(cursor) > self._max_seq:
             raise InvalidCursor(cursor)
         return int(cursor)
 
@@ -337,8 +392,163 @@ class SQLiteStore(Store):
         return fn(conn)
 
 
+_Key = tuple[str, str]
+
+
+class _JobCache:
+    """The current job of recently written (provider, external_id) pairs, as committed, so
+    an update need not read and decode its job again. Only the writer thread touches it."""
+
+    def __init__(self, size: int = MAX_CACHED) -> None:
+        self.size = size
+        self._jobs: dict[_Key, Job | None] = {}
+
+    def get(self, key: _Key) -> tuple[bool, Job | None]:
+        if key in self._jobs:
+            return True, self._jobs[key]
+        return False, None
+
+    def keep(self, jobs: dict[_Key, Job | None]) -> None:
+        for key, job in jobs.items():
+            self._jobs.pop(key, None)
+            self._jobs[key] = job
+        while len(self._jobs) > self.size:
+            del self._jobs[next(iter(self._jobs))]
+
+    def clear(self) -> None:
+        self._jobs.clear()
+
+
+@dataclass(frozen=True, slots=True)
+class _Committed:
+    results: list[Applied | BaseException]
+    events: list[Event]
+    seq: int
+    foreign: bool  # another connection had written since this writer's last commit
+
+
+class _Tail:
+    """The newest committed events, in order, so that followers of the log (the hub, the
+    pollers) read what was just written without a query and a JSON decode per event.
+    Only the event loop touches it; the writer's seqs are consecutive, so a seq is an index."""
+
+    def __init__(self, size: int = MAX_TAIL) -> None:
+        self.size = size
+        self.events: list[Event] = []
+        self.first = 0  # the seq of events[0]
+
+    def extend(self, events: list[Event]) -> None:
+        if not events:
+            return
+        if int(events[0].cursor) != self.first + len(self.events):
+            self.clear()
+            self.first = int(events[0].cursor)
+        self.events += events
+        if len(self.events) > 2 * self.size:
+            dropped = len(self.events) - self.size
+            del self.events[:dropped]
+            self.first += dropped
+
+    def since(self, after: int, limit: int) -> list[Event] | None:
+        """The events after seq `after`, or None when the tail does not reach back to it."""
+        if not self.events or after + 1 < self.first:
+            return None
+        start = after + 1 - self.first
+        return self.events[start:start + limit]
+
+    def clear(self) -> None:
+        self.events = []
+
+
+class _Batch:
+    """The writes of one transaction. Each is applied in order against the jobs as the
+    batch left them, and the rows are written together by `flush` (a few `executemany`
+    calls rather than several statements per write)."""
+
+    def __init__(self, conn: sqlite3.Connection, cache: _JobCache, last_seq: int) -> None:
+        self.conn = conn
+        self.cache = cache
+        self.seq = last_seq
+        self.jobs: dict[_Key, Job | None] = {}
+        self.dedupe: set[str] = set()
+        self.events: list[tuple[int, str, str, str, str]] = []
+        self.rows: list[tuple[str, str, str, str, bool, int, str]] = []
+        self.topics_gone: list[tuple[str, str]] = []
+        self.topics_new: list[tuple[str, str]] = []
+        self.new_events: list[Event] = []
+
+    def apply(self, write: _Write) -> Applied | BaseException:
+        key = (write.provider, write.external_id)
+        current = self._current(key)
+        if write.dedupe_key is not None and self._seen(write.dedupe_key):
+            return Applied(current, None, duplicate=True)
+        try:
+            new = write.change(current)
+        except Exception as exc:  # the caller's pure function failed: its own error, not ours
+            return exc
+        if write.dedupe_key is not None:  # only once the change is made, so a retry can land
+            self.dedupe.add(write.dedupe_key)
+        if new is None:
+            return Applied(current, None)
+        self.jobs[key] = new
+        return Applied(new, self._event(write, current, new))
+
+    def _current(self, key: _Key) -> Job | None:
+        if key in self.jobs:
+            return self.jobs[key]
+        known, job = self.cache.get(key)
+        if not known:
+            row = self.conn.execute("SELECT job FROM jobs WHERE provider = ? AND external_id = ?",
+                                    key).fetchone()
+            job = _job(row[0]) if row else None
+        self.jobs[key] = job
+        return job
+
+    def _seen(self, dedupe_key: str) -> bool:
+        return dedupe_key in self.dedupe or self.conn.execute(
+            "SELECT 1 FROM dedupe WHERE key = ?", (dedupe_key,)).fetchone() is not None
+
+    def _event(self, write: _Write, current: Job | None, new: Job) -> Event:
+        self.seq += 1
+        body = _COMPACT.encode(new.to_dict())
+        self.events.append((self.seq, new.id, write.source.value, write.received_at, body))
+        self.rows.append((new.id, new.provider, new.external_id, new.state.value, new.terminal,
+                          self.seq, body))
+        old = current.topics if current is not None else ()
+        if old != new.topics:
+            self.topics_gone += [(topic, new.id) for topic in old if topic not in new.topics]
+            self.topics_new += [(topic, new.id) for topic in new.topics if topic not in old]
+        event = Event(str(self.seq), new, write.source, write.received_at)
+        self.new_events.append(event)
+        return event
+
+    def flush(self) -> None:
+        conn = self.conn
+        conn.executemany("INSERT INTO events (seq, job_id, source, received_at, job)"
+                         " VALUES (?, ?, ?, ?, ?)", self.events)
+        conn.executemany(
+            "INSERT INTO jobs (id, provider, external_id, state, terminal, seq, job)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET state = excluded.state,"
+            " terminal = excluded.terminal, seq = excluded.seq, job = excluded.job", self.rows)
+        # By primary key (topic, job_id): a DELETE by job_id alone would scan the whole table.
+        conn.executemany("DELETE FROM job_topics WHERE topic = ? AND job_id = ?",
+                         self.topics_gone)
+        conn.executemany("INSERT OR IGNORE INTO job_topics VALUES (?, ?)", self.topics_new)
+        conn.executemany("INSERT OR IGNORE INTO dedupe VALUES (?, unixepoch())",
+                         [(key,) for key in self.dedupe])
+
+
+def _max_seq(conn: sqlite3.Connection) -> int:
+    # AUTOINCREMENT's own counter too, so a seq is never handed out twice.
+    row = conn.execute("SELECT max(coalesce((SELECT max(seq) FROM events), 0),"
+                       " coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0))"
+                       ).fetchone()
+    return int(row[0])
+
+
 def _where(query: JobQuery) -> tuple[str, list[Any]]:
-    clauses, params = [], []
+    clauses: list[str] = []
+    params: list[Any] = []
     for column, value in (("provider", query.provider), ("state", query.state),
                           ("external_id", query.external_id)):
         if value is not None:

@@ -1,0 +1,278 @@
+"""Webhook ingest throughput: one real relay process, N concurrent clients, signed webhooks.
+
+    .venv/bin/python tests/benchmarks/bench_ingest.py --clients 64 --seconds 10
+
+Starts `python -m relay serve` on a free port with a SQLite store in a temporary directory
+(synchronous=FULL: every 202 is committed), then posts Sync-Signature-signed `generation`
+webhooks from `--clients` concurrent keep-alive connections, spread over `--procs` client
+processes. Each job gets five updates (PROCESSING at 0/25/50/75 %, then COMPLETED), so the mix
+holds both new jobs and updates of tracked ones. It prints accepted webhooks per second and
+latency percentiles, then stops the relay and counts the webhook events in the database, so
+the figure is of durably stored webhooks, not of answers.
+
+The default client speaks HTTP/1.1 over raw asyncio streams: on a small machine the client
+competes with the relay for CPU, and httpx costs several times more per request than the
+relay's own parsing. `--client httpx` measures with httpx.AsyncClient instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import multiprocessing
+import os
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+SECRET = "bench-webhook-secret"
+PROVIDER = "bench"
+STEPS = ("PROCESSING:0", "PROCESSING:25", "PROCESSING:50", "PROCESSING:75", "COMPLETED:100")
+
+
+@dataclass
+class Tally:
+    accepted: int = 0
+    other: dict[int, int] = field(default_factory=dict)
+    errors: int = 0
+    latencies: list[float] = field(default_factory=list)
+    cpu: float = 0.0
+
+    def add(self, other: Tally) -> None:
+        self.accepted += other.accepted
+        self.cpu += other.cpu
+        self.errors += other.errors
+        self.latencies += other.latencies
+        for status, count in other.other.items():
+            self.other[status] = self.other.get(status, 0) + count
+
+
+# -- the relay under test ------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def relay_process(workdir: Path, log_level: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    config = workdir / "relay.toml"
+    config.write_text(
+        f'[server]\nstore = "sqlite:///{workdir}/relay.db"\n\n'
+        f'[providers.{PROVIDER}]\nschema = "generation"\nwebhook_secret = "{SECRET}"\n')
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with (workdir / "relay.log").open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "relay", "serve", "--config", str(config), "--port", str(port),
+             "--log-level", log_level], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_ready(url, process, workdir)
+        yield url, process
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            process.wait(30)
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes], workdir: Path) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            sys.exit(f"relay exited:\n{(workdir / 'relay.log').read_text()[-2000:]}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return
+        time.sleep(0.05)
+    sys.exit("relay did not become ready within 30 s")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc): a figure that, unlike throughput,
+    hardly depends on what else the machine is running."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def stored_webhook_events(db: Path) -> int:
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        return int(conn.execute("SELECT count(*) FROM events WHERE source = 'webhook'")
+                   .fetchone()[0])
+
+
+# -- the clients -----------------------------------------------------------------------------
+
+def signed(job: str, step: str) -> tuple[bytes, str]:
+    status, percent = step.split(":")
+    body = json.dumps({"id": job, "status": status, "progress_percent": int(percent)},
+                      separators=(",", ":")).encode()
+    stamp = int(time.time())
+    digest = hmac.new(SECRET.encode(), f"{stamp}.".encode() + body, hashlib.sha256).hexdigest()
+    return body, f"t={stamp},v1={digest}"
+
+
+def webhooks(name: str) -> Iterator[tuple[bytes, str]]:
+    job = 0
+    while True:
+        job += 1
+        for step in STEPS:
+            yield signed(f"{name}-{job}", step)
+
+
+def raw_request(port: int, body: bytes, signature: str) -> bytes:
+    head = (f"POST /hooks/{PROVIDER} HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\n"
+            f"content-type: application/json\r\nsync-signature: {signature}\r\n"
+            f"content-length: {len(body)}\r\n\r\n")
+    return head.encode() + body
+
+
+async def raw_client(port: int, name: str, stop_at: float, tally: Tally) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        for body, signature in webhooks(name):
+            if time.perf_counter() >= stop_at:
+                return
+            started = time.perf_counter()
+            writer.write(raw_request(port, body, signature))
+            status = await read_response(reader)
+            record(tally, status, time.perf_counter() - started)
+    finally:
+        writer.close()
+
+
+async def read_response(reader: asyncio.StreamReader) -> int:
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    length = next(int(line.split(":", 1)[1]) for line in lines
+                  if line.lower().startswith("content-length:"))
+    await reader.readexactly(length)
+    return int(lines[0].split()[1])
+
+
+async def httpx_client(url: str, name: str, stop_at: float, tally: Tally) -> None:
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        for body, signature in webhooks(name):
+            if time.perf_counter() >= stop_at:
+                return
+            started = time.perf_counter()
+            response = await client.post(f"/hooks/{PROVIDER}", content=body, headers={
+                "content-type": "application/json", "sync-signature": signature})
+            record(tally, response.status_code, time.perf_counter() - started)
+
+
+def record(tally: Tally, status: int, latency: float) -> None:
+    tally.latencies.append(latency)
+    if status == 202:
+        tally.accepted += 1
+    else:
+        tally.other[status] = tally.other.get(status, 0) + 1
+
+
+async def run_clients(url: str, kind: str, clients: int, seconds: float, prefix: str) -> Tally:
+    port = int(url.rsplit(":", 1)[1])
+    stop_at = time.perf_counter() + seconds
+    tallies = [Tally() for _ in range(clients)]
+    tasks = [raw_client(port, f"{prefix}-{i}", stop_at, t) if kind == "raw"
+             else httpx_client(url, f"{prefix}-{i}", stop_at, t)
+             for i, t in enumerate(tallies)]
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    total = Tally()
+    for tally, result in zip(tallies, results, strict=True):
+        total.add(tally)
+        total.errors += isinstance(result, BaseException)
+    return total
+
+
+def client_process(url: str, kind: str, clients: int, seconds: float, prefix: str,
+                   out: multiprocessing.Queue[Tally]) -> None:
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        uvloop.install()
+    tally = asyncio.run(run_clients(url, kind, clients, seconds, prefix))
+    tally.cpu = time.process_time()
+    out.put(tally)
+
+
+def drive(url: str, args: argparse.Namespace) -> tuple[Tally, float]:
+    out: multiprocessing.Queue[Tally] = multiprocessing.Queue()
+    shares = [args.clients // args.procs + (i < args.clients % args.procs)
+              for i in range(args.procs)]
+    workers = [multiprocessing.Process(target=client_process, args=(
+        url, args.client, share, args.seconds, f"p{i}-{os.getpid()}", out))
+        for i, share in enumerate(shares)]
+    started = time.perf_counter()
+    for worker in workers:
+        worker.start()
+    total = Tally()
+    for _ in workers:
+        total.add(out.get())
+    elapsed = time.perf_counter() - started
+    for worker in workers:
+        worker.join()
+    return total, elapsed
+
+
+# -- the report ------------------------------------------------------------------------------
+
+def percentile(values: list[float], fraction: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def report(args: argparse.Namespace, total: Tally, elapsed: float, stored: int) -> None:
+    print(f"clients: {args.clients} over {args.procs} {args.client} client process(es), "
+          f"{args.seconds:g} s requested, {elapsed:.2f} s measured (incl. client start)")
+    print(f"accepted (202): {total.accepted}   other statuses: {total.other or '-'}   "
+          f"connection errors: {total.errors}")
+    print(f"stored webhook events after shutdown: {stored}"
+          f" ({'ok' if stored >= total.accepted else 'LOST ACKNOWLEDGED WEBHOOKS'})")
+    print(f"throughput: {total.accepted / args.seconds:,.0f} accepted webhooks/s")
+    lat = total.latencies
+    print(f"latency ms: p50 {percentile(lat, 0.50) * 1000:.1f}  "
+          f"p90 {percentile(lat, 0.90) * 1000:.1f}  p99 {percentile(lat, 0.99) * 1000:.1f}  "
+          f"max {max(lat, default=float('nan')) * 1000:.1f}  "
+          f"mean {statistics.fmean(lat) * 1000 if lat else float('nan'):.1f}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clients", type=int, default=64, help="concurrent connections")
+    parser.add_argument("--seconds", type=float, default=10.0, help="how long to post")
+    parser.add_argument("--procs", type=int, default=1, help="client processes")
+    parser.add_argument("--client", choices=("raw", "httpx"), default="raw")
+    parser.add_argument("--log-level", default="warning", help="the relay's log level")
+    args = parser.parse_args()
+    args.procs = max(1, min(args.procs, args.clients))
+    with tempfile.TemporaryDirectory(prefix="relay-bench-") as tmp:
+        workdir = Path(tmp)
+        with relay_process(workdir, args.log_level) as (url, process):
+            cpu_before = cpu_seconds(process.pid)
+            total, elapsed = drive(url, args)
+            cpu = cpu_seconds(process.pid) - cpu_before
+        report(args, total, elapsed, stored_webhook_events(workdir / "relay.db"))
+        if total.accepted:
+            print(f"relay CPU: {cpu:.2f} s, {cpu / total.accepted * 1e6:.0f} us per accepted"
+                  f" webhook ({cpu / elapsed:.0%} of one core); clients' CPU: {total.cpu:.2f} s"
+                  f" ({total.cpu / elapsed:.0%} of one core)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
