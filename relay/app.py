@@ -23,6 +23,9 @@ from relay.fanout.dashboard import Dashboard
 from relay.fanout.hub import Hub
 from relay.fanout.jobs_api import JobsApi
 from relay.fanout.sse import Streams
+from relay.ingest.cancel import Cancel
+from relay.ingest.polling import Polling
+from relay.ingest.providers import http_client
 from relay.ingest.recorder import Recorder
 from relay.ingest.tracking import Tracking
 from relay.ingest.webhooks import WebhookReceiver
@@ -42,7 +45,10 @@ def create_app(settings: Settings, *, store: Store | None = None,
     access = Access(settings.server.api_keys, tokens)
     hub = Hub(store, metrics, settings.server.heartbeat)
     recorder = Recorder(store, metrics)
-    webhooks = WebhookReceiver(settings, recorder, tokens, metrics)
+    polling = Polling(settings, store, recorder, metrics)
+    webhooks = WebhookReceiver(settings, recorder, tokens, metrics,
+                               on_unverified=polling.unverified)
+    cancel = Cancel(settings, store, recorder, access, polling.client)
     tracking = Tracking(settings, recorder, access, tokens)
     streams = Streams(store, hub, access, tokens)
     jobs = JobsApi(store, hub, access)
@@ -56,7 +62,12 @@ def create_app(settings: Settings, *, store: Store | None = None,
                 tokens.use_secret(await store.secret("relay", lambda: secrets.token_hex(32)))
             await hub.start()
             try:
-                yield
+                async with http_client(http, settings) as client:
+                    await polling.start(client)
+                    try:
+                        yield
+                    finally:
+                        await polling.stop()
             finally:
                 await hub.stop()
         finally:
@@ -71,7 +82,11 @@ def create_app(settings: Settings, *, store: Store | None = None,
         except StoreError as exc:
             return error_response(request, 503, "unavailable", "the store is unreachable",
                                   {"store": str(exc)})
-        return JSONResponse({"status": "ready"})
+        # A provider refusing our credentials is shown here but keeps the relay ready: every
+        # instance shares the config, and webhooks, SSE and other providers still work.
+        problems = polling.problems()
+        return JSONResponse({"status": "ready", "providers": problems} if problems
+                            else {"status": "ready"})
 
     async def metrics_page(request: Request) -> Response:
         return Response(metrics.render(), media_type="text/plain; version=0.0.4")
@@ -94,6 +109,7 @@ def create_app(settings: Settings, *, store: Store | None = None,
         Route("/v1/jobs", jobs.list, methods=["GET"]),
         Route("/v1/jobs/{id}", jobs.get, methods=["GET"]),
         Route("/v1/jobs/{id}/history", jobs.history, methods=["GET"]),
+        Route("/v1/jobs/{id}/cancel", cancel.cancel, methods=["POST"]),
         Route("/v1/jobs/{id}/events", streams.job_events, methods=["GET"]),
         Route("/v1/events", streams.events, methods=["GET"]),
         Route("/v1/tokens", streams.create_token, methods=["POST"]),
@@ -111,6 +127,7 @@ def create_app(settings: Settings, *, store: Store | None = None,
     app.state.stopping = hub.stopping
     app.state.store = store
     app.state.metrics = metrics
+    app.state.polling = polling
     return app
 
 

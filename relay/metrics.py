@@ -19,7 +19,16 @@ class Metrics:
                               registry=r)
         self.polls = Counter("relay_polls", "Provider polls by provider and outcome",
                              ["provider", "outcome"], registry=r)
-        self.subscribers = Gauge("relay_subscribers", "Connected SSE subscribers", registry=r)
+        self.polled_jobs = Gauge("relay_polled_jobs",
+                                 "Unfinished jobs the poll scheduler follows, by provider",
+                                 ["provider"], registry=r)
+        self.provider_unauthorized = Gauge(
+            "relay_provider_unauthorized",
+            "1 while a provider refuses the relay's credentials (401/403) to its polls",
+            ["provider"], registry=r)
+        self.subscribers = Gauge("relay_subscribers",
+                                 "Connected subscribers: SSE streams and wait=true long-polls",
+                                 registry=r)
         self.dropped_subscribers = Counter("relay_subscribers_dropped",
                                            "SSE subscribers dropped for not keeping up",
                                            registry=r)

@@ -1,0 +1,98 @@
+"""The poll scheduler's timing pieces, without I/O: due-time heap, back-off, gate, Retry-After."""
+
+from __future__ import annotations
+
+import random
+from datetime import timedelta
+from email.utils import format_datetime
+
+import pytest
+
+from relay.errors import ProviderError
+from relay.ingest.providers import retry_after, segment
+from relay.ingest.schedule import Gate, Pacing, Schedule, Tracked
+from relay.models import Schema, utcnow
+from relay.settings import ProviderSettings
+
+PROVIDER = ProviderSettings("p", Schema.JOBSTATUS, base_url="http://x", poll_interval=1.0,
+                            poll_max_interval=10.0)
+
+
+def test_schedule_hands_out_due_keys_earliest_first_and_honours_rescheduling():
+    schedule = Schedule()
+    schedule.set("a", 5.0)
+    schedule.set("b", 1.0)
+    schedule.set("a", 0.5)  # moved earlier: the old entry is stale
+    schedule.set("c", 9.0)
+    schedule.discard("c")
+    assert schedule.pop_due(2.0) == (0.5, "a")
+    assert schedule.pop_due(2.0) == (1.0, "b")
+    assert schedule.pop_due(2.0) is None
+    assert schedule.next_due() is None
+    assert len(schedule) == 0
+
+
+def test_schedule_compacts_when_rescheduling_leaves_stale_entries():
+    schedule = Schedule()
+    for step in range(10_000):
+        schedule.set("job", float(step))
+    assert len(schedule._heap) < 200
+    assert schedule.pop_due(1e9) == (9999.0, "job")
+
+
+def test_intervals_back_off_with_jitter_to_the_cap_and_return_to_fast_on_a_change():
+    pacing = Pacing(PROVIDER, random.Random(1))
+    tracked = Tracked("j", "e", interval=1.0, heard=0.0)
+    delays = [pacing.after_poll(tracked, changed=False) for _ in range(12)]
+    assert all(0 < d <= 10.0 for d in delays)
+    assert delays[-1] >= 10.0 * 0.8 and tracked.interval == 10.0
+    assert pacing.after_poll(tracked, changed=True) <= 1.0 * 1.2
+    assert tracked.interval == 1.0
+    assert 0.5 <= pacing.first() <= 1.0
+
+
+def test_gate_closes_for_retry_after_and_grows_its_own_pause_without_one():
+    gate = Gate(PROVIDER)
+    gate.throttle(2.0, now=100.0)
+    assert gate.delay(100.0) == 2.0
+    assert gate.delay(102.0) == 0.0
+    gate.throttle(None, now=200.0)
+    gate.throttle(None, now=200.0)
+    assert gate.delay(200.0) == 2.0  # 1 s, then 2 s: doubling from poll_interval
+    gate.accept()
+    gate.throttle(None, now=300.0)
+    assert gate.delay(300.0) == 1.0
+
+
+def test_gate_lets_one_probe_at_a_time_through_an_auth_failure_and_backs_off():
+    gate = Gate(PROVIDER)
+    refused = ProviderError("401", status=401)
+    gate.deny(refused, now=0.0)
+    gate.deny(refused, now=0.0)  # the rest of the first wave does not stretch the pause
+    assert gate.delay(0.0) == 1.0
+    assert gate.start_call() is True
+    assert gate.delay(5.0) is None  # the probe is out
+    gate.deny(refused, now=5.0)
+    gate.end_call(True)
+    assert gate.delay(5.0) == 2.0
+    gate.accept()
+    assert gate.unauthorized is None and gate.start_call() is False
+
+
+@pytest.mark.parametrize(("header", "expected"), [
+    (None, None), ("", None), ("2", 2.0), ("0.5", 0.5), ("-3", 0.0), ("soon", None),
+    ("nan", None), ("99999", 900.0),
+])
+def test_retry_after_reads_seconds_and_caps_them(header, expected):
+    assert retry_after(header) == expected
+
+
+def test_retry_after_reads_an_http_date():
+    when = format_datetime(utcnow() + timedelta(seconds=30), usegmt=True)
+    assert 25 <= (retry_after(when) or 0) <= 30
+
+
+def test_a_job_id_stays_one_path_segment():
+    assert segment("a/../b?c") == "a%2F..%2Fb%3Fc"
+    with pytest.raises(ProviderError):
+        segment("..")
