@@ -96,3 +96,11 @@ def test_a_job_id_stays_one_path_segment():
     assert segment("a/../b?c") == "a%2F..%2Fb%3Fc"
     with pytest.raises(ProviderError):
         segment("..")
+
+
+def test_an_unverified_body_too_deeply_nested_to_parse_names_no_job():
+    from relay.ingest.polling import _external_id
+    from relay.models import Schema
+
+    assert _external_id(Schema.GENERATION, b"[" * 100_000) is None
+    assert _external_id(Schema.GENERATION, b'{"id": "g-1", "status": "x"}') == "g-1"

@@ -100,7 +100,7 @@ async def test_read_since_filters_by_topic_and_honours_the_limit(store):
 
 async def test_an_unknown_cursor_is_refused(store):
     await put(store, job("a"))
-    for cursor in ["999999", "not-a-cursor", "1\n2"]:
+    for cursor in ["999999", "not-a-cursor", "1\n2", "\u00b2", "\u00b2-\u00b3"]:
         with pytest.raises(InvalidCursor):
             await store.read_since(cursor)
 

@@ -159,7 +159,7 @@ def _external_id(schema: Schema, body: bytes) -> str | None:
     """The job id a webhook body names, if it parses (best effort: it proved nothing)."""
     try:
         payload = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than Python's stack
         return None
     value = payload.get(ID_FIELDS[schema]) if isinstance(payload, dict) else None
     return value if isinstance(value, str) and 0 < len(value) <= 256 else None

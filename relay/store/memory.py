@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import Callable, Collection
 
 from relay.errors import InvalidCursor
 from relay.models import Event, Job, Source
 from relay.store import Applied, Change, JobQuery, Store, matches
+
+_CURSOR = re.compile(r"[0-9]{1,19}")  # ASCII digits: str.isdigit() also takes "²"
 
 
 class MemoryStore(Store):
@@ -20,7 +23,7 @@ class MemoryStore(Store):
         self._events: list[Event] = []
         self._dedupe: set[str] = set()
         self._secrets: dict[str, str] = {}
-        self._changed = asyncio.Condition()
+        self._changed = asyncio.Event()  # set, and replaced, on each new event
 
     @classmethod
     def from_url(cls, url: str) -> MemoryStore:
@@ -43,8 +46,8 @@ class MemoryStore(Store):
         self._events.append(event)
         self._jobs[new.id] = new
         self._by_key[(provider, external_id)] = new.id
-        async with self._changed:
-            self._changed.notify_all()
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
         return Applied(new, event)
 
     async def get(self, job_id: str) -> Job | None:
@@ -85,11 +88,15 @@ class MemoryStore(Store):
         return str(len(self._events)) if self._events else None
 
     async def wait(self, cursor: str | None, timeout: float) -> None:
+        # An Event per change, not Condition.wait_for inside wait_for: on Python 3.11 that
+        # pair can swallow a cancellation and hang shutdown.
         position = self._position(cursor)
-        async with self._changed:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self._changed.wait_for(lambda: len(self._events) > position), timeout)
+        changed = self._changed
+        if len(self._events) > position:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await changed.wait()
 
     async def secret(self, name: str, generate: Callable[[], str]) -> str:
         return self._secrets.setdefault(name, generate())
@@ -97,6 +104,6 @@ class MemoryStore(Store):
     def _position(self, cursor: str | None) -> int:
         if cursor is None:
             return 0
-        if not cursor.isdigit() or int(cursor) > len(self._events):
+        if not _CURSOR.fullmatch(cursor) or int(cursor) > len(self._events):
             raise InvalidCursor(cursor)
         return int(cursor)

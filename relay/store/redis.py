@@ -36,7 +36,7 @@ MAX_BLOCK = 5.0  # seconds; below the client's socket timeout, so a blocking rea
 SOCKET_TIMEOUT = 15.0
 DEDUPE_SECONDS = 7 * 86400
 SCAN_CAP = 20_000
-_CURSOR = re.compile(r"^\d{1,20}-\d{1,20}$")
+_CURSOR = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")  # ASCII: \d would take "²" too
 
 # KEYS: events, job hash, key index, history, jobs zset, seq, dedupe key ('' for none)
 # ARGV: expected version (-1: absent), job json ('' for no change), job id, source,
@@ -305,7 +305,7 @@ class RedisStore(Store):
     async def _start(self, cursor: str | None) -> str:
         if cursor is None:
             return "0-0"
-        if not _CURSOR.match(cursor):
+        if not _CURSOR.fullmatch(cursor):
             raise InvalidCursor(cursor)
         info = await self._stream_info()
         if info is None or _order(cursor) > _order(info["last-generated-id"]):

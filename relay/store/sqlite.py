@@ -40,6 +40,7 @@ T = TypeVar("T")
 logger = logging.getLogger(__name__)
 
 MAX_BATCH = 1000
+READERS = 4
 MAX_CACHED = 4096
 MAX_TAIL = 2048
 _COMPACT = json.JSONEncoder(separators=(",", ":"))  # made once: json.dumps makes one a call
@@ -98,6 +99,9 @@ class SQLiteStore(Store):
     def __init__(self, path: str) -> None:
         self.path = path
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="relay-sqlite-writer")
+        # Reads run on a pool of their own, so close() can wait for the ones in flight before
+        # closing their connections (a thread still reading a closed one crashes the process).
+        self._reader_pool = ThreadPoolExecutor(READERS, thread_name_prefix="relay-sqlite-reader")
         self._write_conn: sqlite3.Connection | None = None
         self._readers = threading.local()
         self._read_conns: list[sqlite3.Connection] = []
@@ -151,10 +155,11 @@ class SQLiteStore(Store):
             self._queue.put_nowait(None)
             await self._write_task
             self._write_task = None
+        self._reader_pool.shutdown(wait=True)
+        self._writer.shutdown(wait=True)
         for conn in [self._write_conn, *self._read_conns]:
             if conn is not None:
                 conn.close()
-        self._writer.shutdown(wait=True)
 
     async def ping(self) -> None:
         await self._read(lambda conn: conn.execute("SELECT 1").fetchone())
@@ -379,9 +384,12 @@ class SQLiteStore(Store):
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         try:
-            return await asyncio.to_thread(self._with_reader, fn)
+            return await asyncio.get_running_loop().run_in_executor(
+                self._reader_pool, self._with_reader, fn)
         except sqlite3.Error as exc:
             raise StoreError(f"SQLite read failed: {exc}") from exc
+        except RuntimeError as exc:  # the pool is shut down: the store is closing
+            raise StoreError("the store is closed") from exc
 
     def _with_reader(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         conn: sqlite3.Connection | None = getattr(self._readers, "conn", None)
