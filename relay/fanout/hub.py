@@ -11,6 +11,11 @@ Every `heartbeat` seconds the hub puts a heartbeat frame on every queue (one tim
 process, none per stream) and drops any subscriber whose stream has been stuck in one send
 for more than STALL_TIMEOUT: a client that stopped reading between events, so its queue
 never filled.
+
+A hub that falls further behind than the store keeps events (Redis retention, after a long
+stall) cannot deliver what was trimmed: it closes every local subscriber, whose browsers
+resume with Last-Event-ID and are told (`relay.reset`, then the current state), and goes on
+from the newest event.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from relay.errors import RelayError
+from relay.errors import CursorExpired, RelayError
 from relay.metrics import Metrics
 from relay.models import Event, utcnow
 from relay.store import Store
@@ -205,7 +210,10 @@ class Hub:
                 await asyncio.sleep(1)
 
     async def _step(self, cursor: str | None) -> str | None:
-        events = await self.store.read_since(cursor, limit=PAGE)
+        try:
+            events = await self.store.read_since(cursor, limit=PAGE)
+        except CursorExpired:
+            return await self._fell_behind()
         if not events:
             await self.store.wait(cursor, timeout=30)
             return cursor
@@ -213,6 +221,13 @@ class Hub:
         for event in events:
             self._dispatch(event, now)
         return events[-1].cursor
+
+    async def _fell_behind(self) -> str | None:
+        newest = await self.store.last_cursor()
+        logger.warning("the hub fell behind the events the store keeps; its %d subscribers "
+                       "resume from their Last-Event-ID", len(self._all))
+        self._close_all()
+        return newest
 
     def _dispatch(self, event: Event, now: datetime) -> None:
         targets: set[Subscriber] = set()

@@ -9,10 +9,18 @@ once, in order).
 
 The first page of the backlog is read before the response starts, so a bad `Last-Event-ID`
 is a 400 and a finished job's stream a 204, not a stream that breaks after its headers.
+
+When the events after `Last-Event-ID` cannot all be sent (the store no longer keeps them, or
+there are more than MAX_REPLAY), the stream says so with an `event: relay.reset` whose data
+is `{"reason": ...}`, then sends the current state of each job, as a new connection gets it.
+A client keeps what it has and applies what follows; one that does not listen for
+`relay.reset` still receives the current state as ordinary `job.updated` events.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
 
@@ -20,7 +28,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from relay.auth import DEFAULT_TTL, MAX_GRANTS, MAX_TTL, Access, Grant, Tokens
-from relay.errors import ApiError
+from relay.errors import ApiError, CursorExpired
 from relay.fanout.hub import HEARTBEAT, Frame, Hub, Subscriber, encode
 from relay.fanout.stream import EventStream
 from relay.models import Event, Job
@@ -36,15 +44,34 @@ MAX_TOPIC = 256
 RETRY = f"retry: {RETRY_MS}\n\n".encode()
 _HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
+CURSOR_EXPIRED = "cursor_expired"
+TOO_FAR_BEHIND = "too_far_behind"
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Reset:
+    """The events after the client's cursor are not all sent; the current state follows."""
+
+    reason: str
+
+    @property
+    def data(self) -> bytes:
+        body = json.dumps({"reason": self.reason}, separators=(",", ":"))
+        return f"event: relay.reset\ndata: {body}\n\n".encode()
+
 
 @dataclass(frozen=True, slots=True)
 class Backlog:
     """What a stream sends before live frames: `first`, read before the response starts,
-    then (when resuming and the first page was full) the rest of the log after it."""
+    then (when resuming and the first page was full) the rest of the log after it. With
+    `reset`, `first` is the current state, announced by a `relay.reset` of that reason."""
 
     topics: Sequence[str]
     last_id: str | None
     first: list[Event]
+    reset: str | None = None
 
 
 class Streams:
@@ -109,21 +136,28 @@ class Streams:
         """A stream of `topics`; `job` is the one job of a single-job stream."""
         subscriber = self.hub.subscribe(topics)
         try:
-            first = await self._first_page(topics, last_id)
+            backlog = await self._first_page(topics, last_id)
         except BaseException:
             self.hub.unsubscribe(subscriber)
             raise
-        if job is not None and job.terminal and last_id is not None and not first:
+        if job is not None and job.terminal and last_id is not None and not backlog.first:
             self.hub.unsubscribe(subscriber)
             return Response(status_code=204)  # tells the browser to stop reconnecting
-        chunks = self._chunks(subscriber, Backlog(topics, last_id, first), job is not None)
+        chunks = self._chunks(subscriber, backlog, job is not None)
         return EventStream(chunks, subscriber, self.hub, headers=_HEADERS)
 
-    async def _first_page(self, topics: Sequence[str], last_id: str | None) -> list[Event]:
+    async def _first_page(self, topics: Sequence[str], last_id: str | None) -> Backlog:
         if last_id is None:
             # The newest jobs, sent oldest cursor first: the last id seen is a resume point.
-            return await self.store.latest(topics, SNAPSHOT_LIMIT)
-        return await self.store.read_since(last_id, topics=topics, limit=PAGE)
+            return Backlog(topics, None, await self.store.latest(topics, SNAPSHOT_LIMIT))
+        try:
+            events = await self.store.read_since(last_id, topics=topics, limit=PAGE)
+        except CursorExpired:
+            logger.info("a subscriber resumed from a cursor older than the store keeps; "
+                        "it gets relay.reset and the current state")
+            return Backlog(topics, None, await self.store.latest(topics, SNAPSHOT_LIMIT),
+                           reset=CURSOR_EXPIRED)
+        return Backlog(topics, last_id, events)
 
     async def _chunks(self, subscriber: Subscriber, backlog: Backlog, single_job: bool
                       ) -> AsyncGenerator[bytes, None]:
@@ -141,29 +175,41 @@ class Streams:
 
     async def _replayed(self, backlog: Backlog, sent: dict[str, int]
                         ) -> AsyncIterator[tuple[bytes, bool]]:
-        async for event in self._backlog(backlog):
-            frame = encode(event)
+        async for item in self._backlog(backlog):
+            if isinstance(item, Reset):
+                yield item.data, False
+                continue
+            frame = encode(item)
             if sent.get(frame.job_id, 0) < frame.version:
                 sent[frame.job_id] = frame.version
                 yield frame.data, frame.terminal
 
-    async def _backlog(self, backlog: Backlog) -> AsyncIterator[Event]:
+    async def _backlog(self, backlog: Backlog) -> AsyncIterator[Event | Reset]:
+        if backlog.reset is not None:
+            yield Reset(backlog.reset)
         for event in backlog.first:
             yield event
         if backlog.last_id is not None and len(backlog.first) == PAGE:
-            async for event in self._replay(backlog.topics, backlog.first[-1].cursor):
-                yield event
+            async for item in self._replay(backlog.topics, backlog.first[-1].cursor):
+                yield item
 
-    async def _replay(self, topics: Sequence[str], cursor: str) -> AsyncIterator[Event]:
+    async def _replay(self, topics: Sequence[str], cursor: str
+                      ) -> AsyncIterator[Event | Reset]:
         # Capped: a client more than MAX_REPLAY events behind gets the current state of the
-        # newest jobs instead of the rest of the log.
-        for _ in range(MAX_REPLAY // PAGE - 1):
-            events = await self.store.read_since(cursor, topics=topics, limit=PAGE)
-            for event in events:
-                yield event
-            if len(events) < PAGE:
-                return
-            cursor = events[-1].cursor
+        # newest jobs instead of the rest of the log; so does one whose cursor the store
+        # trimmed away while it was catching up.
+        reason = TOO_FAR_BEHIND
+        try:
+            for _ in range(MAX_REPLAY // PAGE - 1):
+                events = await self.store.read_since(cursor, topics=topics, limit=PAGE)
+                for event in events:
+                    yield event
+                if len(events) < PAGE:
+                    return
+                cursor = events[-1].cursor
+        except CursorExpired:
+            reason = CURSOR_EXPIRED
+        yield Reset(reason)
         for event in await self.store.latest(topics, SNAPSHOT_LIMIT):
             yield event
 

@@ -96,7 +96,7 @@ class Poller:
         self._jobs_gauge.set(len(self.jobs))
 
     def forget(self, external_id: str) -> None:
-        """Stop polling a job: it is terminal."""
+        """Stop polling a job: it is terminal, or another instance polls it now."""
         tracked = self.jobs.pop(external_id, None)
         if tracked is not None:
             tracked.done = True

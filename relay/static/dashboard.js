@@ -1,5 +1,8 @@
 // The relay dashboard: one EventSource on every provider's topic. The stream starts with the
 // current state of each job, then sends every change; the browser resumes with Last-Event-ID.
+// A resume the relay cannot serve exactly (the events were trimmed away) starts with a
+// `relay.reset` event, then the current state of each job: the rows stay, and the snapshot
+// is applied over them like any update.
 "use strict";
 
 const config = JSON.parse(document.getElementById("relay-config").textContent);
@@ -126,6 +129,10 @@ function connect() {
   source.addEventListener("job.updated", (event) => {
     lastEventId = event.lastEventId || lastEventId;
     upsert(JSON.parse(event.data));
+  });
+  source.addEventListener("relay.reset", (event) => {
+    const reason = JSON.parse(event.data).reason;
+    console.info(`relay: resynchronising from the current state (${reason})`);
   });
   source.onerror = () => {
     if (source.readyState === EventSource.CLOSED) {

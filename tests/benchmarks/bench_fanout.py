@@ -3,6 +3,7 @@
     .venv/bin/python tests/benchmarks/bench_fanout.py --subscribers 1000 --rate 20 --seconds 10
     .venv/bin/python tests/benchmarks/bench_fanout.py --subscribers 1000 --find-max-rate
     .venv/bin/python tests/benchmarks/bench_fanout.py --idle 5000
+    .venv/bin/python tests/benchmarks/bench_fanout.py --store redis --instances 2
 
 Starts `python -m relay serve` on a free port with a SQLite store in a temporary directory,
 tracks one `generation` job, and opens `--subscribers` SSE streams on it (`/v1/jobs/{id}/events`)
@@ -15,6 +16,11 @@ Latency is from the moment a webhook's request is written to the moment a subscr
 the event's frame (CLOCK_MONOTONIC is shared by all processes), over every (subscriber, event)
 pair. Loss is the pairs never received (it must be 0); a subscriber the relay dropped for
 falling behind shows up there.
+
+`--store redis` runs the relay on the Redis at 127.0.0.1:6379 under a key prefix of its own
+(deleted afterwards); `--instances N` (Redis only) starts N relay processes, opens the
+subscribers round-robin over all of them and posts the webhooks to the first, so most frames
+cross from one instance to another through Redis.
 
 `--find-max-rate` repeats the run at rising rates, then bisects, for the highest rate whose p99
 stays under `--target-p99` (100 ms) with no loss. `--idle N` opens N streams and no webhooks
@@ -44,6 +50,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 import httpx
+from benchstore import KINDS, bench_store
 
 SECRET = "bench-webhook-secret"
 PROVIDER = "bench"
@@ -60,31 +67,56 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@dataclass
+class Relays:
+    """The relay processes under test: webhooks go to the first; subscribers to all."""
+
+    ports: list[int]
+    processes: list[subprocess.Popen[bytes]]
+
+    @property
+    def port(self) -> int:
+        return self.ports[0]
+
+    def cpu(self) -> float:
+        return sum(cpu_seconds(process.pid) for process in self.processes)
+
+    def rss_kib(self) -> int:
+        return sum(rss_kib(process.pid) for process in self.processes)
+
+
 @contextlib.contextmanager
-def relay_process(workdir: Path) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+def relay_processes(workdir: Path, store: str, count: int) -> Iterator[Relays]:
     config = workdir / "relay.toml"
     config.write_text(
-        f'[server]\nstore = "sqlite:///{workdir}/relay.db"\n\n'
+        f'[server]\nstore = "{store}"\n\n'
         f'[providers.{PROVIDER}]\nschema = "generation"\nwebhook_secret = "{SECRET}"\n')
-    port = free_port()
-    with (workdir / "relay.log").open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "relay", "serve", "--config", str(config), "--port", str(port),
-             "--log-level", "warning"], stdout=log, stderr=subprocess.STDOUT)
+    relays = Relays([], [])
     try:
-        wait_ready(port, process, workdir)
-        yield port, process
+        for index in range(count):
+            relays.ports.append(free_port())
+            with (workdir / f"relay-{index}.log").open("wb") as log:
+                relays.processes.append(subprocess.Popen(
+                    [sys.executable, "-m", "relay", "serve", "--config", str(config),
+                     "--port", str(relays.ports[-1]), "--log-level", "warning"],
+                    stdout=log, stderr=subprocess.STDOUT))
+        for index, (port, process) in enumerate(zip(relays.ports, relays.processes,
+                                                    strict=True)):
+            wait_ready(port, process, workdir / f"relay-{index}.log")
+        yield relays
     finally:
-        if process.poll() is None:
-            process.terminate()
+        for process in relays.processes:
+            if process.poll() is None:
+                process.terminate()
+        for process in relays.processes:
             process.wait(30)
 
 
-def wait_ready(port: int, process: subprocess.Popen[bytes], workdir: Path) -> None:
+def wait_ready(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            sys.exit(f"relay exited:\n{(workdir / 'relay.log').read_text()[-2000:]}")
+            sys.exit(f"relay exited:\n{log.read_text()[-2000:]}")
         with contextlib.suppress(httpx.HTTPError):
             if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
                 return
@@ -187,10 +219,11 @@ class Result:
         self.failed_to_open += other.failed_to_open
 
 
-async def open_streams(port: int, path: str, count: int) -> tuple[list[Stream], int]:
+async def open_streams(ports: list[int], path: str, count: int) -> tuple[list[Stream], int]:
     streams, failed = [], 0
     for start in range(0, count, 250):  # in waves, so the listen backlog never overflows
-        wave = [Stream(port, path) for _ in range(min(250, count - start))]
+        wave = [Stream(ports[(start + i) % len(ports)], path)  # round-robin over instances
+                for i in range(min(250, count - start))]
         results = await asyncio.gather(*(s.open() for s in wave), return_exceptions=True)
         for stream, result in zip(wave, results, strict=True):
             if isinstance(result, BaseException):
@@ -217,9 +250,9 @@ def score(streams: list[Stream], posted: dict[int, float], failed: int) -> Resul
     return result
 
 
-async def subscribe(port: int, job_id: str, count: int, control: Connection) -> None:
+async def subscribe(ports: list[int], job_id: str, count: int, control: Connection) -> None:
     loop = asyncio.get_running_loop()
-    streams, failed = await open_streams(port, f"/v1/jobs/{job_id}/events", count)
+    streams, failed = await open_streams(ports, f"/v1/jobs/{job_id}/events", count)
     readers = [asyncio.create_task(s.read()) for s in streams]
     await asyncio.gather(*(s.current.wait() for s in streams))
     control.send(("ready", len(streams)))
@@ -238,20 +271,20 @@ async def subscribe(port: int, job_id: str, count: int, control: Connection) -> 
     control.send(score(streams, posted, failed))
 
 
-def client_process(port: int, job_id: str, count: int, control: Connection) -> None:
+def client_process(ports: list[int], job_id: str, count: int, control: Connection) -> None:
     with contextlib.suppress(ImportError):
         import uvloop
 
         uvloop.install()
-    asyncio.run(subscribe(port, job_id, count, control))
+    asyncio.run(subscribe(ports, job_id, count, control))
 
 
 @contextlib.contextmanager
-def clients(port: int, job_id: str, subscribers: int, procs: int
+def clients(ports: list[int], job_id: str, subscribers: int, procs: int
             ) -> Iterator[list[Connection]]:
     shares = [subscribers // procs + (i < subscribers % procs) for i in range(procs)]
     pipes = [multiprocessing.Pipe() for _ in shares]
-    workers = [multiprocessing.Process(target=client_process, args=(port, job_id, share, child))
+    workers = [multiprocessing.Process(target=client_process, args=(ports, job_id, share, child))
                for share, (_, child) in zip(shares, pipes, strict=True) if share]
     for worker in workers:
         worker.start()
@@ -370,12 +403,12 @@ def percentile(values: array[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-def run_round(port: int, pid: int, args: argparse.Namespace, rate: float, name: str) -> Round:
-    job_id = track(port, name)
-    with clients(port, job_id, args.subscribers, args.procs) as controls:
-        cpu = cpu_seconds(pid)
-        poster = asyncio.run(post_at_rate(port, name, rate, args.seconds))
-        cpu = cpu_seconds(pid) - cpu
+def run_round(relays: Relays, args: argparse.Namespace, rate: float, name: str) -> Round:
+    job_id = track(relays.port, name)
+    with clients(relays.ports, job_id, args.subscribers, args.procs) as controls:
+        cpu = relays.cpu()
+        poster = asyncio.run(post_at_rate(relays.port, name, rate, args.seconds))
+        cpu = relays.cpu() - cpu
         for control in controls:
             control.send(("posted", poster.posted))
         total = Result()
@@ -384,11 +417,11 @@ def run_round(port: int, pid: int, args: argparse.Namespace, rate: float, name: 
     return Round(rate, total, cpu, poster.refused, poster.acked)
 
 
-def find_max_rate(port: int, pid: int, args: argparse.Namespace) -> None:
+def find_max_rate(relays: Relays, args: argparse.Namespace) -> None:
     good: Round | None = None
     rate, bad = args.rate, None
     while bad is None and rate <= args.max_rate:  # double until a rate misses the target
-        result = run_round(port, pid, args, rate, f"rise-{rate:g}")
+        result = run_round(relays, args, rate, f"rise-{rate:g}")
         print(result.line())
         if result.clean and result.p(0.99) < args.target_p99:
             good, rate = result, rate * 2
@@ -397,7 +430,7 @@ def find_max_rate(port: int, pid: int, args: argparse.Namespace) -> None:
     low = good.rate if good else 0.0
     while bad is not None and bad - low > max(1.0, low * 0.1):  # then bisect
         mid = (low + bad) / 2
-        result = run_round(port, pid, args, mid, f"bisect-{mid:g}")
+        result = run_round(relays, args, mid, f"bisect-{mid:g}")
         print(result.line())
         if result.clean and result.p(0.99) < args.target_p99:
             good, low = result, mid
@@ -411,11 +444,11 @@ def find_max_rate(port: int, pid: int, args: argparse.Namespace) -> None:
               f"({good.rate * args.subscribers:,.0f} frames/s)")
 
 
-def measure_idle(port: int, pid: int, args: argparse.Namespace) -> None:
-    job_id = track(port, "idle")
-    before = rss_kib(pid)
-    with clients(port, job_id, args.idle, args.procs) as controls:
-        after = rss_kib(pid)
+def measure_idle(relays: Relays, args: argparse.Namespace) -> None:
+    job_id = track(relays.port, "idle")
+    before = relays.rss_kib()
+    with clients(relays.ports, job_id, args.idle, args.procs) as controls:
+        after = relays.rss_kib()
         for control in controls:
             control.send("close")
     grown = after - before
@@ -435,18 +468,25 @@ def main() -> int:
     parser.add_argument("--max-rate", type=float, default=5000.0)
     parser.add_argument("--idle", type=int, metavar="N",
                         help="only measure the relay's memory with N idle streams")
+    parser.add_argument("--store", choices=KINDS, default="sqlite")
+    parser.add_argument("--instances", type=int, default=1, help="relay processes (redis)")
     args = parser.parse_args()
+    if args.instances > 1 and args.store != "redis":
+        parser.error("--instances above 1 needs --store redis: SQLite serves one process")
     raise_open_files_limit(2 * max(args.subscribers, args.idle or 0) + 1024)
     with tempfile.TemporaryDirectory(prefix="relay-bench-") as tmp, \
-            relay_process(Path(tmp)) as (port, process):
+            bench_store(args.store, Path(tmp)) as store, \
+            relay_processes(Path(tmp), store.url, args.instances) as relays:
+        print(f"store: {args.store}, {args.instances} relay instance(s); webhooks to the "
+              f"first, subscribers round-robin over all")
         if args.idle:
-            measure_idle(port, process.pid, args)
+            measure_idle(relays, args)
         elif args.find_max_rate:
             print(f"{args.subscribers} subscribers over {args.procs} client processes, "
                   f"{args.seconds:g} s per rate")
-            find_max_rate(port, process.pid, args)
+            find_max_rate(relays, args)
         else:
-            result = run_round(port, process.pid, args, args.rate, "steady")
+            result = run_round(relays, args, args.rate, "steady")
             print(f"{args.subscribers} subscribers over {args.procs} client processes, "
                   f"{int(args.rate * args.seconds)} webhooks in {args.seconds:g} s")
             print(result.line())

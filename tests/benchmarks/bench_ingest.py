@@ -1,14 +1,19 @@
-"""Webhook ingest throughput: one real relay process, N concurrent clients, signed webhooks.
+"""Webhook ingest throughput: real relay processes, N concurrent clients, signed webhooks.
 
     .venv/bin/python tests/benchmarks/bench_ingest.py --clients 64 --seconds 10
+    .venv/bin/python tests/benchmarks/bench_ingest.py --store redis --instances 2
 
 Starts `python -m relay serve` on a free port with a SQLite store in a temporary directory
 (synchronous=FULL: every 202 is committed), then posts Sync-Signature-signed `generation`
 webhooks from `--clients` concurrent keep-alive connections, spread over `--procs` client
 processes. Each job gets five updates (PROCESSING at 0/25/50/75 %, then COMPLETED), so the mix
 holds both new jobs and updates of tracked ones. It prints accepted webhooks per second and
-latency percentiles, then stops the relay and counts the webhook events in the database, so
+latency percentiles, then stops the relay and counts the webhook events in the store, so
 the figure is of durably stored webhooks, not of answers.
+
+`--store redis` runs the relay on the Redis at 127.0.0.1:6379 under a key prefix of its own
+(deleted afterwards); `--instances N` (Redis only) starts N relay processes and spreads the
+client connections over them.
 
 The default client speaks HTTP/1.1 over raw asyncio streams: on a small machine the client
 competes with the relay for CPU, and httpx costs several times more per request than the
@@ -26,7 +31,6 @@ import json
 import multiprocessing
 import os
 import socket
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -37,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+from benchstore import KINDS, bench_store
 
 SECRET = "bench-webhook-secret"
 PROVIDER = "bench"
@@ -68,32 +73,41 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+Relay = tuple[str, subprocess.Popen[bytes]]
+
+
 @contextlib.contextmanager
-def relay_process(workdir: Path, log_level: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+def relay_processes(workdir: Path, store: str, count: int, log_level: str
+                    ) -> Iterator[list[Relay]]:
     config = workdir / "relay.toml"
     config.write_text(
-        f'[server]\nstore = "sqlite:///{workdir}/relay.db"\n\n'
+        f'[server]\nstore = "{store}"\n\n'
         f'[providers.{PROVIDER}]\nschema = "generation"\nwebhook_secret = "{SECRET}"\n')
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    with (workdir / "relay.log").open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "relay", "serve", "--config", str(config), "--port", str(port),
-             "--log-level", log_level], stdout=log, stderr=subprocess.STDOUT)
+    relays: list[Relay] = []
     try:
-        wait_ready(url, process, workdir)
-        yield url, process
+        for index in range(count):
+            port = free_port()
+            with (workdir / f"relay-{index}.log").open("wb") as log:
+                relays.append((f"http://127.0.0.1:{port}", subprocess.Popen(
+                    [sys.executable, "-m", "relay", "serve", "--config", str(config),
+                     "--port", str(port), "--log-level", log_level],
+                    stdout=log, stderr=subprocess.STDOUT)))
+        for index, (url, process) in enumerate(relays):
+            wait_ready(url, process, workdir / f"relay-{index}.log")
+        yield relays
     finally:
-        if process.poll() is None:
-            process.terminate()
+        for _, process in relays:
+            if process.poll() is None:
+                process.terminate()
+        for _, process in relays:
             process.wait(30)
 
 
-def wait_ready(url: str, process: subprocess.Popen[bytes], workdir: Path) -> None:
+def wait_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            sys.exit(f"relay exited:\n{(workdir / 'relay.log').read_text()[-2000:]}")
+            sys.exit(f"relay exited:\n{log.read_text()[-2000:]}")
         with contextlib.suppress(httpx.HTTPError):
             if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
                 return
@@ -106,12 +120,6 @@ def cpu_seconds(pid: int) -> float:
     hardly depends on what else the machine is running."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def stored_webhook_events(db: Path) -> int:
-    with contextlib.closing(sqlite3.connect(db)) as conn:
-        return int(conn.execute("SELECT count(*) FROM events WHERE source = 'webhook'")
-                   .fetchone()[0])
 
 
 # -- the clients -----------------------------------------------------------------------------
@@ -182,13 +190,14 @@ def record(tally: Tally, status: int, latency: float) -> None:
         tally.other[status] = tally.other.get(status, 0) + 1
 
 
-async def run_clients(url: str, kind: str, clients: int, seconds: float, prefix: str) -> Tally:
-    port = int(url.rsplit(":", 1)[1])
+async def run_clients(urls: list[str], kind: str, clients: int, seconds: float, prefix: str
+                      ) -> Tally:
     stop_at = time.perf_counter() + seconds
     tallies = [Tally() for _ in range(clients)]
-    tasks = [raw_client(port, f"{prefix}-{i}", stop_at, t) if kind == "raw"
-             else httpx_client(url, f"{prefix}-{i}", stop_at, t)
-             for i, t in enumerate(tallies)]
+    targets = [urls[i % len(urls)] for i in range(clients)]  # spread over the instances
+    tasks = [raw_client(int(url.rsplit(":", 1)[1]), f"{prefix}-{i}", stop_at, t)
+             if kind == "raw" else httpx_client(url, f"{prefix}-{i}", stop_at, t)
+             for i, (url, t) in enumerate(zip(targets, tallies, strict=True))]
     results = await asyncio.gather(*tasks, return_exceptions=True)
     total = Tally()
     for tally, result in zip(tallies, results, strict=True):
@@ -197,23 +206,23 @@ async def run_clients(url: str, kind: str, clients: int, seconds: float, prefix:
     return total
 
 
-def client_process(url: str, kind: str, clients: int, seconds: float, prefix: str,
+def client_process(urls: list[str], kind: str, clients: int, seconds: float, prefix: str,
                    out: multiprocessing.Queue[Tally]) -> None:
     with contextlib.suppress(ImportError):
         import uvloop
 
         uvloop.install()
-    tally = asyncio.run(run_clients(url, kind, clients, seconds, prefix))
+    tally = asyncio.run(run_clients(urls, kind, clients, seconds, prefix))
     tally.cpu = time.process_time()
     out.put(tally)
 
 
-def drive(url: str, args: argparse.Namespace) -> tuple[Tally, float]:
+def drive(urls: list[str], args: argparse.Namespace) -> tuple[Tally, float]:
     out: multiprocessing.Queue[Tally] = multiprocessing.Queue()
     shares = [args.clients // args.procs + (i < args.clients % args.procs)
               for i in range(args.procs)]
     workers = [multiprocessing.Process(target=client_process, args=(
-        url, args.client, share, args.seconds, f"p{i}-{os.getpid()}", out))
+        urls, args.client, share, args.seconds, f"p{i}-{os.getpid()}", out))
         for i, share in enumerate(shares)]
     started = time.perf_counter()
     for worker in workers:
@@ -237,6 +246,7 @@ def percentile(values: list[float], fraction: float) -> float:
 
 
 def report(args: argparse.Namespace, total: Tally, elapsed: float, stored: int) -> None:
+    print(f"store: {args.store}, {args.instances} relay instance(s)")
     print(f"clients: {args.clients} over {args.procs} {args.client} client process(es), "
           f"{args.seconds:g} s requested, {elapsed:.2f} s measured (incl. client start)")
     print(f"accepted (202): {total.accepted}   other statuses: {total.other or '-'}   "
@@ -258,17 +268,23 @@ def main() -> int:
     parser.add_argument("--procs", type=int, default=1, help="client processes")
     parser.add_argument("--client", choices=("raw", "httpx"), default="raw")
     parser.add_argument("--log-level", default="warning", help="the relay's log level")
+    parser.add_argument("--store", choices=KINDS, default="sqlite")
+    parser.add_argument("--instances", type=int, default=1, help="relay processes (redis)")
     args = parser.parse_args()
+    if args.instances > 1 and args.store != "redis":
+        parser.error("--instances above 1 needs --store redis: SQLite serves one process")
     args.procs = max(1, min(args.procs, args.clients))
-    with tempfile.TemporaryDirectory(prefix="relay-bench-") as tmp:
-        workdir = Path(tmp)
-        with relay_process(workdir, args.log_level) as (url, process):
-            cpu_before = cpu_seconds(process.pid)
-            total, elapsed = drive(url, args)
-            cpu = cpu_seconds(process.pid) - cpu_before
-        report(args, total, elapsed, stored_webhook_events(workdir / "relay.db"))
+    with tempfile.TemporaryDirectory(prefix="relay-bench-") as tmp, \
+            bench_store(args.store, Path(tmp)) as store:
+        with relay_processes(Path(tmp), store.url, args.instances, args.log_level) as relays:
+            pids = [process.pid for _, process in relays]
+            cpu_before = sum(map(cpu_seconds, pids))
+            total, elapsed = drive([url for url, _ in relays], args)
+            cpu = sum(map(cpu_seconds, pids)) - cpu_before
+        report(args, total, elapsed, store.webhook_events())
         if total.accepted:
-            print(f"relay CPU: {cpu:.2f} s, {cpu / total.accepted * 1e6:.0f} us per accepted"
+            print(f"relay CPU, all instances: {cpu:.2f} s, "
+                  f"{cpu / total.accepted * 1e6:.0f} us per accepted"
                   f" webhook ({cpu / elapsed:.0%} of one core); clients' CPU: {total.cpu:.2f} s"
                   f" ({total.cpu / elapsed:.0%} of one core)")
     return 0
