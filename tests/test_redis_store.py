@@ -93,3 +93,17 @@ async def test_a_lease_is_held_by_one_owner_until_released_or_lapsed():
 
 async def test_single_process_stores_do_not_claim_to_lease():
     assert not isinstance(open_store("memory://"), Leases)
+
+
+async def test_more_concurrent_commands_than_pooled_connections_wait_rather_than_fail():
+    store = open_store(redis_url())
+    try:
+        await put(store, job("a"))
+        cursor = await store.last_cursor()
+        # Blocking reads hold a connection each for their whole wait.
+        waits = [asyncio.create_task(store.wait(cursor, timeout=0.3)) for _ in range(300)]
+        reads = await asyncio.gather(*(store.get("id-p-a") for _ in range(300)))
+        await asyncio.gather(*waits)
+        assert all(found is not None for found in reads)
+    finally:
+        await store.close()

@@ -34,6 +34,8 @@ from relay.store import Applied, Change, JobQuery, Store
 MAX_ATTEMPTS = 100
 MAX_BLOCK = 5.0  # seconds; below the client's socket timeout, so a blocking read never trips it
 SOCKET_TIMEOUT = 15.0
+MAX_CONNECTIONS = 256
+POOL_WAIT = 10.0  # seconds a command waits for a pooled connection
 DEDUPE_SECONDS = 7 * 86400
 SCAN_CAP = 20_000
 _CURSOR = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")  # ASCII: \d would take "²" too
@@ -108,9 +110,12 @@ class RedisStore(Store):
         self.retention = retention
         # With decode_responses every answer is a str, which redis-py's types cannot say
         # (they are bytes | str throughout), so the client is typed loosely on purpose.
-        self.redis: Any = aioredis.Redis.from_url(
-            url, decode_responses=True, socket_timeout=SOCKET_TIMEOUT,
-            socket_connect_timeout=5, health_check_interval=30)
+        # A blocking pool: past MAX_CONNECTIONS a command waits for a free connection (up
+        # to POOL_WAIT) instead of failing at once, which a burst of streams opening did.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=MAX_CONNECTIONS, timeout=POOL_WAIT, decode_responses=True,
+            socket_timeout=SOCKET_TIMEOUT, socket_connect_timeout=5, health_check_interval=30)
+        self.redis: Any = aioredis.Redis(connection_pool=pool)
         self._apply_script = self.redis.register_script(_APPLY)
         self._claim_script = self.redis.register_script(_CLAIM)
         self._release_script = self.redis.register_script(_RELEASE)
@@ -131,7 +136,7 @@ class RedisStore(Store):
         return self.prefix + ":".join(parts)
 
     async def close(self) -> None:
-        await self.redis.aclose()
+        await self.redis.aclose(close_connection_pool=True)  # ours: built with the client
 
     async def ping(self) -> None:
         async with _translated():
