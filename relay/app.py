@@ -22,7 +22,9 @@ from relay.errors import ApiError, StoreError
 from relay.fanout.dashboard import Dashboard
 from relay.fanout.hub import Hub
 from relay.fanout.jobs_api import JobsApi
+from relay.fanout.outbound import Outbound
 from relay.fanout.sse import Streams
+from relay.fanout.subscriptions_api import SubscriptionsApi
 from relay.ingest.cancel import Cancel
 from relay.ingest.polling import Polling
 from relay.ingest.providers import http_client
@@ -53,6 +55,8 @@ def create_app(settings: Settings, *, store: Store | None = None,
     streams = Streams(store, hub, access, tokens)
     jobs = JobsApi(store, hub, access)
     dashboard = Dashboard(settings, tokens)
+    outbound = Outbound(settings, store, metrics)  # ConfigError here for bad [[subscriptions]]
+    subscriptions = SubscriptionsApi(store, access, outbound)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -62,6 +66,7 @@ def create_app(settings: Settings, *, store: Store | None = None,
                 tokens.use_secret(await store.secret("relay", lambda: secrets.token_hex(32)))
             await hub.start()
             try:
+                await outbound.start()
                 async with http_client(http, settings) as client:
                     await polling.start(client)
                     try:
@@ -69,6 +74,7 @@ def create_app(settings: Settings, *, store: Store | None = None,
                     finally:
                         await polling.stop()
             finally:
+                await outbound.stop()
                 await hub.stop()
         finally:
             await store.close()
@@ -113,6 +119,12 @@ def create_app(settings: Settings, *, store: Store | None = None,
         Route("/v1/jobs/{id}/events", streams.job_events, methods=["GET"]),
         Route("/v1/events", streams.events, methods=["GET"]),
         Route("/v1/tokens", streams.create_token, methods=["POST"]),
+        Route("/v1/subscriptions", subscriptions.create, methods=["POST"]),
+        Route("/v1/subscriptions", subscriptions.list, methods=["GET"]),
+        Route("/v1/subscriptions/{id}", subscriptions.get, methods=["GET"]),
+        Route("/v1/subscriptions/{id}", subscriptions.delete, methods=["DELETE"]),
+        Route("/v1/subscriptions/{id}/deliveries", subscriptions.deliveries, methods=["GET"]),
+        Route("/v1/deliveries/{id}/retry", subscriptions.retry, methods=["POST"]),
     ]
     middleware = [Middleware(RequestIdMiddleware)]
     if settings.server.cors_origins:
@@ -128,6 +140,7 @@ def create_app(settings: Settings, *, store: Store | None = None,
     app.state.store = store
     app.state.metrics = metrics
     app.state.polling = polling
+    app.state.outbound = outbound
     return app
 
 

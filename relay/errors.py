@@ -5,6 +5,7 @@ module that meets them and never travel further.
     ├── ConfigError          bad configuration; fails startup with one line
     ├── StoreError           the store could not read or write
     ├── ProviderError        a provider's API failed (pollers, cancel)
+    ├── TargetError          an outbound webhook target refused (private address) or unresolved
     └── ApiError             answered to an HTTP client in the envelope of CONTRACT section 7
         ├── PayloadError     a provider payload that does not fit its schema (422)
         ├── InvalidCursor    a Last-Event-ID or cursor the store never gave (400)
@@ -39,6 +40,15 @@ class ProviderError(RelayError):
         super().__init__(message)
         self.status = status
         self.retry_after = retry_after
+
+
+class TargetError(RelayError):
+    """An outbound webhook URL the relay will not post to (`address` is the refused one),
+    or whose host does not resolve (`address` None)."""
+
+    def __init__(self, message: str, *, address: str | None = None) -> None:
+        super().__init__(message)
+        self.address = address
 
 
 class ApiError(RelayError):

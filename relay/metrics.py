@@ -35,6 +35,19 @@ class Metrics:
         self.delivery_lag = Histogram(
             "relay_delivery_lag_seconds", "From an update's receipt to its fan-out",
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10), registry=r)
+        self.outbound_deliveries = Counter(
+            "relay_outbound_deliveries",
+            "Outbound webhook deliveries finished, by outcome (delivered, failed, gone)",
+            ["outcome"], registry=r)
+        self.outbound_attempts = Counter(
+            "relay_outbound_attempts", "Outbound webhook attempts, by result (success, "
+            "client_error, server_error, gone, timeout, unreachable, refused)",
+            ["result"], registry=r)
+        self.outbound_pending = Gauge("relay_outbound_pending",
+                                      "Outbound deliveries waiting to be sent (queue depth)",
+                                      registry=r)
+        self.outbound_oldest = Gauge("relay_outbound_oldest_pending_seconds",
+                                     "Age of the oldest pending outbound delivery", registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -21,7 +21,8 @@ def document(version: str = "0.1.0") -> JSON:
             "description": "Provider webhooks and polls in; one normalised job model out "
                            "over server-sent events and HTTP.",
         },
-        "paths": {**_operations_paths(), **_jobs_paths(), **_stream_paths(), **_hook_paths()},
+        "paths": {**_operations_paths(), **_jobs_paths(), **_stream_paths(), **_hook_paths(),
+                  **_subscription_paths()},
         "components": {"schemas": _schemas(), "securitySchemes": _security_schemes()},
         "security": [{"apiKey": []}],
     }
@@ -217,6 +218,61 @@ def _hook_paths() -> JSON:
     return {"/hooks/{provider}": {"post": signed}, "/hooks/{provider}/{token}": {"post": tokened}}
 
 
+def _subscription_paths() -> JSON:
+    sub_id = _param("id", "path", _STR, "The subscription's id.")
+    no_sub = _error("No such subscription.")
+    statuses = {"type": "string", "enum": ["pending", "delivered", "failed", "superseded"]}
+    return {
+        "/v1/subscriptions": {
+            "post": _op("Subscribe a downstream consumer: every update of the jobs its topics "
+                        "select is posted to it, signed the Standard Webhooks way.", {
+                "201": _json(_ref("CreatedSubscription"),
+                             "Subscribed. The only answer that shows the secret."),
+                "400": _BAD_REQUEST, "401": _UNAUTHORIZED,
+                "422": _error("A field is invalid (`invalid_request`, `details.field`); the URL "
+                              "is or resolves to a loopback, private, link-local or metadata "
+                              "address (`forbidden_target`) or does not resolve "
+                              "(`unresolvable_target`)."),
+            }, tag="subscriptions", body=_ref("SubscriptionRequest")),
+            "get": _op("Every subscription, oldest first (never a secret).", {
+                "200": _json(_object(["subscriptions"], {"subscriptions": {
+                    "type": "array", "items": _ref("Subscription")}}), "The subscriptions."),
+                "401": _UNAUTHORIZED,
+            }, tag="subscriptions"),
+        },
+        "/v1/subscriptions/{id}": {
+            "get": _op("One subscription.", {
+                "200": _json(_ref("Subscription"), "The subscription."),
+                "401": _UNAUTHORIZED, "404": no_sub,
+            }, tag="subscriptions", params=[sub_id]),
+            "delete": _op("Unsubscribe; its pending deliveries are dropped.", {
+                "204": {"description": "Unsubscribed."},
+                "401": _UNAUTHORIZED, "404": no_sub,
+                "409": _error("Defined in the configuration (`config_subscription`)."),
+            }, tag="subscriptions", params=[sub_id]),
+        },
+        "/v1/subscriptions/{id}/deliveries": {"get": _op(
+            "The subscription's deliveries, newest first, each with its attempts.", {
+                "200": _json(_object(["deliveries"], {"deliveries": {
+                    "type": "array", "items": _ref("Delivery")}}), "The deliveries."),
+                "400": _BAD_REQUEST, "401": _UNAUTHORIZED, "404": no_sub,
+            }, tag="subscriptions", params=[
+                sub_id, _query("status", statuses, "Only deliveries in this status."),
+                _query("limit", {"type": "integer", "minimum": 1, "maximum": 500,
+                                 "default": 100}, "Page size."),
+            ])},
+        "/v1/deliveries/{id}/retry": {"post": _op(
+            "Send a failed delivery again, now, with a fresh retry schedule.", {
+                "200": _json(_ref("Delivery"), "Pending again."),
+                "401": _UNAUTHORIZED, "404": _error("No such delivery."),
+                "409": _error("Not failed (`not_failed`); a newer update of the job was "
+                              "delivered or is on its way (`superseded`); the subscription is "
+                              "disabled (`subscription_disabled`)."),
+            }, tag="subscriptions",
+            params=[_param("id", "path", _STR, "The delivery's id.")])},
+    }
+
+
 # -- components -----------------------------------------------------------------------------
 
 def _security_schemes() -> JSON:
@@ -237,7 +293,7 @@ def _object(required: list[str], properties: JSON) -> JSON:
 
 
 def _schemas() -> JSON:
-    return {**_job_schemas(), **_request_schemas()}
+    return {**_job_schemas(), **_request_schemas(), **_subscription_schemas()}
 
 
 def _job_schemas() -> JSON:
@@ -313,5 +369,51 @@ def _request_schemas() -> JSON:
         "Token": _object(["token", "expires_at"], {
             "token": _STR,
             "expires_at": {"type": "integer", "description": "Unix seconds."},
+        }),
+    }
+
+
+def _subscription_schemas() -> JSON:
+    timestamp = {"type": "string", "format": "date-time"}
+    topics = {"type": "array", "items": {"type": "string", "minLength": 1, "maxLength": 256},
+              "minItems": 1, "maxItems": 100,
+              "description": "Jobs with any of these topics (`job:<id>`, `provider:<name>`, "
+                             "the ones given when tracking); `*` for every job."}
+    secret = {"type": "string", "description": "`whsec_` and the base64 of 24 to 64 bytes."}
+    subscription = {
+        "id": _STR, "url": _STR, "topics": topics,
+        "origin": {"type": "string", "enum": ["api", "config"]},
+        "enabled": {"type": "boolean", "description": "False once the consumer answered 410."},
+        "disabled_reason": _nullable(_STR), "created_at": timestamp,
+    }
+    required = ["id", "url", "topics", "origin", "enabled", "created_at"]
+    return {
+        "SubscriptionRequest": _object(["url"], {
+            "url": {"type": "string", "description": "http:// or https://; not a loopback, "
+                    "private, link-local or metadata address unless "
+                    "`server.allow_private_targets`."},
+            "topics": {**topics, "default": ["*"]},
+            "secret": {**secret, "description": "Generated when not given."},
+        }),
+        "Subscription": _object(required, subscription),
+        "CreatedSubscription": _object([*required, "secret"], {**subscription, "secret": secret}),
+        "Attempt": _object(["at", "duration", "status", "error"], {
+            "at": timestamp, "duration": {"type": "number", "description": "Seconds."},
+            "status": _nullable({"type": "integer", "description": "The consumer's answer."}),
+            "error": _nullable(_STR),
+        }),
+        "Delivery": _object(["id", "subscription_id", "webhook_id", "job_id", "status",
+                             "attempts"], {
+            "id": _STR, "subscription_id": _STR,
+            "webhook_id": {"type": "string",
+                           "description": "The `webhook-id` header: the event's cursor."},
+            "job_id": _STR, "job_version": {"type": "integer"},
+            "status": {"type": "string",
+                       "enum": ["pending", "delivered", "failed", "superseded"],
+                       "description": "`superseded`: a newer update of the job took its place "
+                                      "while it was being retried."},
+            "created_at": timestamp, "next_attempt_at": _nullable(timestamp),
+            "attempts": {"type": "array", "items": _ref("Attempt")},
+            "superseded_by": _nullable(_STR), "reason": _nullable(_STR),
         }),
     }

@@ -76,6 +76,8 @@ class ServerSettings:
     heartbeat: float = 15.0
     max_body: int = 1_048_576
     allow_private_targets: bool = False
+    delivery_max_age: float = 86400.0  # seconds an outbound delivery is retried
+    delivery_retry_scale: float = 1.0  # multiplies the outbound retry schedule (tests shrink it)
 
     @property
     def loopback(self) -> bool:
@@ -160,7 +162,8 @@ def _variable(name: str, env: Mapping[str, str], key: str) -> str:
 # -- server ---------------------------------------------------------------------------------
 
 _SERVER_KEYS = {"host", "port", "public_url", "store", "secret", "api_keys", "cors_origins",
-                "heartbeat", "max_body", "allow_private_targets"}
+                "heartbeat", "max_body", "allow_private_targets", "delivery_max_age",
+                "delivery_retry_scale"}
 
 
 def _server(table: Mapping[str, Any], env: Mapping[str, str]) -> ServerSettings:
@@ -181,6 +184,9 @@ def _server(table: Mapping[str, Any], env: Mapping[str, str]) -> ServerSettings:
         heartbeat=_float(values, "heartbeat", "server", 15.0, low=0.05),
         max_body=_int(values, "max_body", "server", 1_048_576, low=1),
         allow_private_targets=_bool(values, "allow_private_targets", "server", False),
+        delivery_max_age=_float(values, "delivery_max_age", "server", 86400.0, low=0),
+        delivery_retry_scale=_float(values, "delivery_retry_scale", "server", 1.0, low=1e-6,
+                                    high=1000),
     )
     _check_exposure(server)
     return server

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 
 import pytest
@@ -10,6 +11,17 @@ import pytest
 from relay.errors import InvalidCursor
 from relay.models import Job, Source, State
 from relay.store import JobQuery, Store, open_store
+from relay.store.outbox import (
+    Attempt,
+    Delivery,
+    DeliveryStatus,
+    Due,
+    Outbox,
+    OutboxStats,
+    Outcome,
+    Retried,
+    Subscription,
+)
 from tests.support import redis_url
 
 pytestmark = pytest.mark.anyio
@@ -184,3 +196,199 @@ async def test_secret_is_generated_once_and_kept(store):
 
 async def test_ping_succeeds_on_an_open_store(store):
     await store.ping()
+
+
+# -- the outbox (outbound webhook subscriptions and deliveries) -------------------------------
+
+def subscription(name: str, topics: tuple[str, ...] = ("*",), **fields) -> Subscription:
+    return Subscription(id=f"sub_{name}", url=f"https://{name}.example/hook", topics=topics,
+                        secret="whsec_c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0",
+                        created_at=f"2026-01-01T00:00:0{len(name)}.000Z", **fields)
+
+
+async def subscribed(store: Store, *subscriptions: Subscription) -> Outbox:
+    assert isinstance(store, Outbox)
+    for sub in subscriptions:
+        await store.save_subscription(sub)
+    return store
+
+
+def attempt(status: int | None = 500) -> Attempt:
+    return Attempt(at=NOW, duration=0.01, status=status, error=None if status == 200 else "no")
+
+
+def delivered(delivery: Delivery) -> Outcome:
+    return Outcome(delivery.id, attempt(200), DeliveryStatus.DELIVERED)
+
+
+def versions(deliveries: list[Delivery]) -> list[tuple[str, int]]:
+    return [(d.event.job.external_id, d.event.job.version) for d in deliveries]
+
+
+LATER = 4_000_000_000.0  # a Unix time far in the future: everything pending is due by then
+
+
+async def test_an_event_adds_a_delivery_for_each_enabled_subscription_that_wants_it(store):
+    outbox = await subscribed(store, subscription("all"), subscription("one", ("user:1",)),
+                              subscription("other", ("provider:q",)),
+                              subscription("off", enabled=False, disabled_reason="gone"))
+    applied = await put(store, job("a", topics=("user:1",)))
+    for name, expected in [("all", 1), ("one", 1), ("other", 0), ("off", 0)]:
+        due = (await outbox.due(f"sub_{name}", LATER, 10)).deliveries
+        assert len(due) == expected, name
+    [delivery] = (await outbox.due("sub_all", LATER, 10)).deliveries
+    assert delivery.event.cursor == applied.event.cursor
+    assert delivery.event.job == applied.job and delivery.status is DeliveryStatus.PENDING
+    assert (await outbox.delivery(delivery.id)) == delivery
+
+
+async def test_a_change_that_makes_no_event_makes_no_delivery(store):
+    outbox = await subscribed(store, subscription("all"))
+    await put(store, job("a"))
+    await put(store, job("a"))  # no change
+    with pytest.raises(ValueError):
+        await store.apply("p", "z", lambda current: (_ for _ in ()).throw(ValueError()),
+                          source=Source.API, received_at=NOW)
+    assert len(await outbox.deliveries("sub_all")) == 1
+
+
+async def test_only_the_head_of_a_jobs_queue_is_due_and_the_next_follows_once_it_is_sent(store):
+    outbox = await subscribed(store, subscription("all"))
+    await put(store, job("a"))
+    await store.apply("p", "a", bump(State.RUNNING), source=Source.POLL, received_at=NOW)
+    await put(store, job("b"))
+    due = (await outbox.due("sub_all", LATER, 10)).deliveries
+    assert sorted(versions(due)) == [("a", 1), ("b", 1)]
+    await outbox.finish([delivered(d) for d in due if d.event.job.external_id == "a"])
+    due = (await outbox.due("sub_all", LATER, 10)).deliveries
+    assert sorted(versions(due)) == [("a", 2), ("b", 1)]
+    assert len((await outbox.due("sub_all", LATER, 1)).deliveries) == 1
+    others = (await outbox.due("sub_all", LATER, 10, exclude=[due[0].id])).deliveries
+    assert others == due[1:]
+
+
+async def test_a_head_to_retry_waits_and_is_superseded_by_the_newest_update_of_its_job(store):
+    outbox = await subscribed(store, subscription("all"))
+    await put(store, job("a"))
+    [first] = (await outbox.due("sub_all", LATER, 10)).deliveries
+    for _ in range(2):
+        await store.apply("p", "a", bump(State.RUNNING), source=Source.POLL, received_at=NOW)
+    now = first.created_at + 1
+    await outbox.finish([Outcome(first.id, attempt(503), DeliveryStatus.PENDING, now + 100)])
+    assert await outbox.due("sub_all", now, 10) == Due([], now + 100)
+    [head] = (await outbox.due("sub_all", now + 100, 10)).deliveries
+    assert versions([head]) == [("a", 3)]
+    assert (head.tries, head.since, head.next_at) == (1, first.since, now + 100)
+    old = await outbox.delivery(first.id)
+    assert old.status is DeliveryStatus.SUPERSEDED and old.superseded_by == head.id
+    assert [a.status for a in old.attempts] == [503]
+    listed = await outbox.deliveries("sub_all")
+    assert [d.status for d in listed] == [DeliveryStatus.PENDING, DeliveryStatus.SUPERSEDED,
+                                          DeliveryStatus.SUPERSEDED]
+    await outbox.finish([delivered(head)])
+    assert (await outbox.delivery(head.id)).attempts[-1].status == 200
+    assert (await outbox.due("sub_all", LATER, 10)) == Due([], None)
+
+
+async def test_a_head_to_retry_alone_keeps_its_place_and_counts_its_tries(store):
+    outbox = await subscribed(store, subscription("all"))
+    await put(store, job("a"))
+    [first] = (await outbox.due("sub_all", LATER, 10)).deliveries
+    for count in (1, 2):
+        await outbox.finish([Outcome(first.id, attempt(), DeliveryStatus.PENDING, 5.0)])
+        [again] = (await outbox.due("sub_all", 5.0, 10)).deliveries
+        assert (again.id, again.tries, len(again.attempts)) == (first.id, count, count)
+
+
+async def test_a_failed_delivery_can_be_retried_unless_a_newer_update_was_sent(store):
+    outbox = await subscribed(store, subscription("all"))
+    await put(store, job("a"))
+    await store.apply("p", "a", bump(State.RUNNING), source=Source.POLL, received_at=NOW)
+    [first] = (await outbox.due("sub_all", LATER, 10)).deliveries
+    await outbox.finish([Outcome(first.id, attempt(), DeliveryStatus.FAILED, reason="gave up")])
+    assert (await outbox.delivery(first.id)).reason == "gave up"
+    assert await outbox.retry_delivery(first.id, 10.0) is Retried.NEWER  # v2 is pending
+    [second] = (await outbox.due("sub_all", LATER, 10)).deliveries
+    assert versions([second]) == [("a", 2)]
+    await outbox.finish([delivered(second)])
+    assert await outbox.retry_delivery(first.id, 10.0) is Retried.NEWER  # v2 was delivered
+    assert await outbox.retry_delivery(second.id, 10.0) is Retried.NOT_FAILED
+    assert await outbox.retry_delivery("dlv_999999", 10.0) is Retried.MISSING
+    assert await outbox.retry_delivery("nonsense", 10.0) is Retried.MISSING
+    await put(store, job("b"))
+    [third] = (await outbox.due("sub_all", LATER, 10)).deliveries
+    await outbox.finish([Outcome(third.id, attempt(), DeliveryStatus.FAILED, reason="x")])
+    assert await outbox.retry_delivery(third.id, 10.0) is Retried.RETRIED
+    retried = await outbox.delivery(third.id)
+    assert (retried.status, retried.tries, retried.next_at, retried.reason) == (
+        DeliveryStatus.PENDING, 0, 10.0, None)
+    assert (await outbox.due("sub_all", 10.0, 10)).deliveries == [retried]
+
+
+async def test_disabling_a_subscription_fails_its_pending_deliveries_and_stops_new_ones(store):
+    outbox = await subscribed(store, subscription("all"), subscription("other"))
+    await put(store, job("a"))
+    await store.apply("p", "a", bump(State.RUNNING), source=Source.POLL, received_at=NOW)
+    await outbox.disable_subscription("sub_all", "the consumer answered 410")
+    sub = await outbox.subscription("sub_all")
+    assert (sub.enabled, sub.disabled_reason) == (False, "the consumer answered 410")
+    assert [(d.status, d.reason) for d in await outbox.deliveries("sub_all")] == [
+        (DeliveryStatus.FAILED, "the consumer answered 410")] * 2
+    await put(store, job("b"))
+    assert len(await outbox.deliveries("sub_all")) == 2
+    assert (await outbox.due("sub_all", LATER, 10)).deliveries == []
+    assert len(await outbox.deliveries("sub_other")) == 3
+    assert (await outbox.outbox_stats()).pending == 3  # sub_other's
+
+
+async def test_deleting_a_subscription_removes_it_and_its_deliveries(store):
+    outbox = await subscribed(store, subscription("all"), subscription("other"))
+    await put(store, job("a"))
+    [delivery] = (await outbox.due("sub_all", LATER, 10)).deliveries
+    assert await outbox.delete_subscription("sub_all") is True
+    assert await outbox.delete_subscription("sub_all") is False
+    assert await outbox.subscription("sub_all") is None
+    assert await outbox.delivery(delivery.id) is None
+    assert await outbox.deliveries("sub_all") == []
+    assert [s.id for s in await outbox.subscriptions()] == ["sub_other"]
+    assert (await outbox.outbox_stats()).pending == 1
+
+
+async def test_saving_a_subscription_again_updates_it_and_keeps_its_creation_time(store):
+    outbox = await subscribed(store, subscription("all", enabled=False, disabled_reason="410"))
+    again = dataclasses.replace(subscription("all", ("user:1",)), secret="whsec_b3RoZXI=",
+                                created_at="2027-01-01T00:00:00.000Z")
+    await outbox.save_subscription(again)
+    assert await outbox.subscription("sub_all") == dataclasses.replace(
+        again, created_at=subscription("all").created_at)
+    await put(store, job("a", topics=("user:1",)))
+    assert len(await outbox.deliveries("sub_all")) == 1
+
+
+async def test_deliveries_are_listed_newest_first_and_filtered_by_status(store):
+    outbox = await subscribed(store, subscription("all"))
+    for name in "abc":
+        await put(store, job(name))
+    due = (await outbox.due("sub_all", LATER, 10)).deliveries
+    await outbox.finish([delivered(d) for d in due if d.event.job.external_id == "b"])
+    listed = await outbox.deliveries("sub_all")
+    assert [d.event.job.external_id for d in listed] == ["c", "b", "a"]
+    assert [d.event.job.external_id for d in await outbox.deliveries("sub_all", limit=2)] \
+        == ["c", "b"]
+    done = await outbox.deliveries("sub_all", status=DeliveryStatus.DELIVERED)
+    assert [(d.event.job.external_id, [a.status for a in d.attempts]) for d in done] \
+        == [("b", [200])]
+
+
+async def test_outbox_stats_count_the_pending_deliveries_and_the_oldest(store):
+    outbox = await subscribed(store, subscription("all"), subscription("one", ("user:1",)))
+    assert await outbox.outbox_stats() == OutboxStats(0, None)
+    await put(store, job("a", topics=("user:1",)))
+    await put(store, job("b"))
+    oldest = min(d.created_at for d in await outbox.deliveries("sub_all"))
+    assert await outbox.outbox_stats() == OutboxStats(3, oldest)
+
+
+async def test_subscriptions_are_listed_oldest_first(store):
+    outbox = await subscribed(store, subscription("bb"), subscription("a"))
+    assert [s.id for s in await outbox.subscriptions()] == ["sub_a", "sub_bb"]

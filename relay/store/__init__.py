@@ -7,6 +7,9 @@ a duplicate without calling `change`. Fan-out only reads: `read_since(cursor)` a
 
 Cursors are opaque strings that order events within one store; pass back only what the store
 gave. `open_store(url)` picks the backend by URL scheme and imports it lazily.
+
+Optional capabilities, checked with `isinstance`: `Leases` (below) and `Outbox`
+(relay.store.outbox: outbound webhook deliveries, written in `apply`'s transaction).
 """
 
 from __future__ import annotations

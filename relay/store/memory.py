@@ -10,12 +10,14 @@ from collections.abc import Callable, Collection
 from relay.errors import InvalidCursor
 from relay.models import Event, Job, Source
 from relay.store import Applied, Change, JobQuery, Store, matches
+from relay.store.memory_outbox import MemoryOutbox
 
 _CURSOR = re.compile(r"[0-9]{1,19}")  # ASCII digits: str.isdigit() also takes "²"
 
 
-class MemoryStore(Store):
-    """Cursors are the decimal position of the event in the log."""
+class MemoryStore(MemoryOutbox, Store):
+    """Cursors are the decimal position of the event in the log. The outbox (deliveries
+    added with each event) is `MemoryOutbox`."""
 
     def __init__(self) -> None:
         self._jobs: dict[str, Job] = {}
@@ -24,6 +26,7 @@ class MemoryStore(Store):
         self._dedupe: set[str] = set()
         self._secrets: dict[str, str] = {}
         self._changed = asyncio.Event()  # set, and replaced, on each new event
+        self._init_outbox()
 
     @classmethod
     def from_url(cls, url: str) -> MemoryStore:
@@ -46,6 +49,7 @@ class MemoryStore(Store):
         self._events.append(event)
         self._jobs[new.id] = new
         self._by_key[(provider, external_id)] = new.id
+        self._enqueue(event)
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
         return Applied(new, event)

@@ -12,7 +12,8 @@ Keys, under the prefix: `events` (stream), `job:<id>` (hash: v version, c cursor
 s source, r received_at), `key:<provider>:<external_id>` (id), `jobs` (sorted set, tracking
 order), `seq` (counter), `topic:<topic>` and `state:<state>` (sets of ids), `history:<id>`
 (list of cursors), `dedupe:<key>`, `secret:<name>`,
-`lease:<name>` (its owner, with a TTL). Keys span slots: one Redis, not a cluster.
+`lease:<name>` (its owner, with a TTL), and the outbox's (relay.store.redis_outbox). Keys span
+slots: one Redis, not a cluster.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from redis.exceptions import RedisError
 from relay.errors import CursorExpired, InvalidCursor, StoreError
 from relay.models import TERMINAL, Event, Job, Source, State
 from relay.store import Applied, Change, JobQuery, Store
+from relay.store.redis_outbox import ENQUEUE_LUA, RedisOutbox
 
 MAX_ATTEMPTS = 100
 MAX_BLOCK = 5.0  # seconds; below the client's socket timeout, so a blocking read never trips it
@@ -44,7 +46,8 @@ _CURSOR = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")  # ASCII: \d would take "²" to
 # ARGV: expected version (-1: absent), job json ('' for no change), job id, source,
 #       received_at, retention, new version, old state, new state, old topics, new topics,
 #       prefix, dedupe ttl, external id
-_APPLY = """
+# enqueue (ENQUEUE_LUA) adds the event's outbound deliveries in the same step.
+_APPLY = ENQUEUE_LUA + """
 if KEYS[7] ~= '' and redis.call('EXISTS', KEYS[7]) == 1 then return {'duplicate'} end
 local expected = tonumber(ARGV[1])
 if expected < 0 then
@@ -76,6 +79,7 @@ if ARGV[10] ~= ARGV[11] then
     redis.call('SADD', ARGV[12] .. 'topic:' .. topic, id)
   end
 end
+enqueue(ARGV[12], id, cursor, ARGV[2], ARGV[4], ARGV[5], ARGV[11])
 return {'applied', cursor}
 """
 
@@ -103,7 +107,10 @@ return 0
 """
 
 
-class RedisStore(Store):
+class RedisStore(RedisOutbox, Store):
+    """The outbox (outbound webhook deliveries, added by the apply script with their
+    events) is `RedisOutbox`."""
+
     def __init__(self, url: str, prefix: str = "relay", retention: int = 1_000_000) -> None:
         self.url = url
         self.prefix = f"{prefix}:"
@@ -119,6 +126,7 @@ class RedisStore(Store):
         self._apply_script = self.redis.register_script(_APPLY)
         self._claim_script = self.redis.register_script(_CLAIM)
         self._release_script = self.redis.register_script(_RELEASE)
+        self._init_outbox()
 
     @classmethod
     def from_url(cls, url: str) -> RedisStore:

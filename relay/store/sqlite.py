@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 from relay.errors import InvalidCursor, StoreError
 from relay.models import Event, Job, Source
 from relay.store import Applied, Change, JobQuery, Store
+from relay.store.sqlite_outbox import OUTBOX_SCHEMA, Enqueuer, SQLiteOutbox
 
 T = TypeVar("T")
 
@@ -95,7 +96,10 @@ class _Write:
     dedupe_key: str | None
 
 
-class SQLiteStore(Store):
+class SQLiteStore(SQLiteOutbox, Store):
+    """The outbox (outbound webhook deliveries, added by `_Batch` with their events) is
+    `SQLiteOutbox`."""
+
     def __init__(self, path: str) -> None:
         self.path = path
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="relay-sqlite-writer")
@@ -134,7 +138,7 @@ class SQLiteStore(Store):
     def _open_writer(self) -> int:
         conn = self._connect()
         conn.execute("PRAGMA journal_mode=WAL")
-        conn.executescript(_SCHEMA)
+        conn.executescript(_SCHEMA + OUTBOX_SCHEMA)
         conn.execute("DELETE FROM dedupe WHERE seen_at < unixepoch() - ?", (DEDUPE_DAYS * 86400,))
         self._write_conn = conn
         row = conn.execute("SELECT max(seq) FROM events").fetchone()
@@ -484,6 +488,7 @@ class _Batch:
         self.topics_gone: list[tuple[str, str]] = []
         self.topics_new: list[tuple[str, str]] = []
         self.new_events: list[Event] = []
+        self.outbox = Enqueuer(conn)  # a delivery per subscription that wants an event
 
     def apply(self, write: _Write) -> Applied | BaseException:
         key = (write.provider, write.external_id)
@@ -526,6 +531,7 @@ class _Batch:
         if old != new.topics:
             self.topics_gone += [(topic, new.id) for topic in old if topic not in new.topics]
             self.topics_new += [(topic, new.id) for topic in new.topics if topic not in old]
+        self.outbox.add(self.seq, new)
         event = Event(str(self.seq), new, write.source, write.received_at)
         self.new_events.append(event)
         return event
@@ -544,6 +550,7 @@ class _Batch:
         conn.executemany("INSERT OR IGNORE INTO job_topics VALUES (?, ?)", self.topics_new)
         conn.executemany("INSERT OR IGNORE INTO dedupe VALUES (?, unixepoch())",
                          [(key,) for key in self.dedupe])
+        self.outbox.flush()
 
 
 def _max_seq(conn: sqlite3.Connection) -> int:
