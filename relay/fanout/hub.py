@@ -21,7 +21,6 @@ from the newest event.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections import deque
@@ -33,6 +32,7 @@ from relay.errors import CursorExpired, RelayError
 from relay.metrics import Metrics
 from relay.models import Event, utcnow
 from relay.store import Store
+from relay.tasks import cancel_all
 
 logger = logging.getLogger(__name__)
 
@@ -153,10 +153,7 @@ class Hub:
 
     async def stop(self) -> None:
         self.stopping.set()
-        for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_all(self._tasks)
         self._close_all()
 
     async def _close_on_stop(self) -> None:

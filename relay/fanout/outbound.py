@@ -46,6 +46,7 @@ from relay.models import isoformat, utcnow
 from relay.settings import Settings, SubscriptionSettings
 from relay.store import Leases, Store
 from relay.store.outbox import Attempt, Delivery, DeliveryStatus, Outbox, Outcome, Subscription
+from relay.tasks import cancel_all
 
 logger = logging.getLogger(__name__)
 
@@ -243,11 +244,7 @@ class Worker:
         self.gone = True
 
     async def _stop_sending(self) -> None:
-        for task in self._sending.values():
-            task.cancel()
-        for task in list(self._sending.values()):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_all(self._sending.values())
         if self._done:  # what finished is recorded, so it is not sent again after a restart
             with contextlib.suppress(RelayError):
                 await self.outbox.finish(self._done)
@@ -291,11 +288,7 @@ class Outbound:
                        asyncio.create_task(self._follow(), name="outbound-follower")]
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_all(self._tasks)
         self._tasks = []
         held = list(self.workers)
         for subscription_id in held:
@@ -362,13 +355,7 @@ class Outbound:
         self.workers[subscription.id] = Running(subscription, worker, task)
 
     async def _stop_worker(self, subscription_id: str) -> None:
-        running = self.workers.pop(subscription_id)
-        running.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await running.task
-        if not running.task.cancelled() and running.task.exception() is not None:
-            logger.error("the worker of subscription %s failed", subscription_id,
-                         exc_info=running.task.exception())
+        await cancel_all([self.workers.pop(subscription_id).task])
 
     async def _measure(self, outbox: Outbox) -> None:
         stats = await outbox.outbox_stats()

@@ -28,6 +28,7 @@ from relay.metrics import Metrics
 from relay.models import Job, Schema, Source, State, Update, utcnow
 from relay.settings import ProviderSettings
 from relay.store import Applied
+from relay.tasks import cancel_all
 
 logger = logging.getLogger(__name__)
 
@@ -160,10 +161,7 @@ class Poller:
             self._start(work)
 
     async def stop(self) -> None:
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_all(list(self._tasks))
 
     async def _next_work(self) -> Work:
         while True:

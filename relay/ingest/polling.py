@@ -19,7 +19,6 @@ at a time; lease rounds run on the task that follows the log, between its reads.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import random
@@ -38,6 +37,7 @@ from relay.metrics import Metrics
 from relay.models import Event, Job, Schema, Source
 from relay.settings import Settings
 from relay.store import JobQuery, Leases, Store
+from relay.tasks import cancel_all
 
 logger = logging.getLogger(__name__)
 
@@ -83,11 +83,7 @@ class Polling:
         self._tasks.append(asyncio.create_task(self._follow(cursor), name="polling-follower"))
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_all(self._tasks)
         self._tasks = []
         for poller in self.pollers.values():
             await poller.stop()

@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 
 from relay.simulator.faults import FaultQueue
+from relay.tasks import cancel_all
 
 logger = logging.getLogger(__name__)
 
@@ -63,10 +64,7 @@ class WebhookSender:
             self._tasks[job_id] = asyncio.create_task(self._drain(job_id))
 
     async def close(self) -> None:
-        tasks = list(self._tasks.values())
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_all(list(self._tasks.values()))
         self._tasks.clear()
         if self._client is not None:
             await self._client.aclose()

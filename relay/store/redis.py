@@ -18,7 +18,6 @@ slots: one Redis, not a cluster.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
@@ -31,7 +30,7 @@ from redis.exceptions import RedisError
 from relay.errors import CursorExpired, InvalidCursor, StoreError
 from relay.models import TERMINAL, Event, Job, Source, State
 from relay.store import Applied, Change, JobQuery, Store
-from relay.store.redis_outbox import ENQUEUE_LUA, RedisOutbox
+from relay.store.redis_outbox import ENQUEUE_LUA, RedisOutbox, translated
 
 MAX_ATTEMPTS = 100
 MAX_BLOCK = 5.0  # seconds; below the client's socket timeout, so a blocking read never trips it
@@ -147,14 +146,14 @@ class RedisStore(RedisOutbox, Store):
         await self.redis.aclose(close_connection_pool=True)  # ours: built with the client
 
     async def ping(self) -> None:
-        async with _translated():
+        async with translated():
             await self.redis.ping()
 
     # -- writes ---------------------------------------------------------------------------
 
     async def apply(self, provider: str, external_id: str, change: Change, *,
                     source: Source, received_at: str, dedupe_key: str | None = None) -> Applied:
-        async with _translated():
+        async with translated():
             for _ in range(MAX_ATTEMPTS):
                 current = await self.find(provider, external_id)
                 dedupe = self._key("dedupe", dedupe_key) if dedupe_key is not None else ""
@@ -195,7 +194,7 @@ class RedisStore(RedisOutbox, Store):
         return result
 
     async def secret(self, name: str, generate: Callable[[], str]) -> str:
-        async with _translated():
+        async with translated():
             key = self._key("secret", name)
             await self.redis.set(key, generate(), nx=True)
             return str(await self.redis.get(key))
@@ -206,31 +205,31 @@ class RedisStore(RedisOutbox, Store):
         if not names:
             return set()
         keys = [self._key("lease", name) for name in names]
-        async with _translated():
+        async with translated():
             held = await self._claim_script(keys=keys, args=[owner, max(1, int(ttl * 1000))])
         lease_prefix = self._key("lease", "")
         return {key.removeprefix(lease_prefix) for key in held}
 
     async def release(self, names: Sequence[str], owner: str) -> None:
         if names:
-            async with _translated():
+            async with translated():
                 await self._release_script(keys=[self._key("lease", n) for n in names],
                                            args=[owner])
 
     # -- reads ----------------------------------------------------------------------------
 
     async def get(self, job_id: str) -> Job | None:
-        async with _translated():
+        async with translated():
             body = await self.redis.hget(self._key("job", job_id), "j")
         return Job.from_dict(json.loads(body)) if body else None
 
     async def find(self, provider: str, external_id: str) -> Job | None:
-        async with _translated():
+        async with translated():
             job_id = await self.redis.get(self._key("key", provider, external_id))
         return await self.get(job_id) if job_id else None
 
     async def list_jobs(self, query: JobQuery) -> tuple[list[Job], int]:
-        async with _translated():
+        async with translated():
             ids = await self._filtered_ids(query)
             if ids is None:
                 total = await self.redis.zcard(self._key("jobs"))
@@ -271,7 +270,7 @@ class RedisStore(RedisOutbox, Store):
         return [Job.from_dict(json.loads(body)) for body in bodies if body]
 
     async def latest(self, topics: Collection[str], limit: int = 100) -> list[Event]:
-        async with _translated():
+        async with translated():
             ids = await self.redis.sunion([self._key("topic", t) for t in topics])
             newest = (await self._newest_first(ids))[:limit]
             async with self.redis.pipeline(transaction=False) as pipe:
@@ -282,7 +281,7 @@ class RedisStore(RedisOutbox, Store):
         return sorted(events, key=lambda e: _order(e.cursor))
 
     async def history(self, job_id: str, limit: int = 1000) -> list[Event]:
-        async with _translated():
+        async with translated():
             cursors = await self.redis.lrange(self._key("history", job_id), 0, limit - 1)
             async with self.redis.pipeline(transaction=False) as pipe:
                 for cursor in cursors:
@@ -292,7 +291,7 @@ class RedisStore(RedisOutbox, Store):
 
     async def read_since(self, cursor: str | None, *, topics: Collection[str] | None = None,
                          limit: int = 500) -> list[Event]:
-        async with _translated():
+        async with translated():
             start = await self._start(cursor)
             wanted = None if topics is None else frozenset(topics)
             found: list[Event] = []
@@ -337,13 +336,13 @@ class RedisStore(RedisOutbox, Store):
         return info
 
     async def last_cursor(self) -> str | None:
-        async with _translated():
+        async with translated():
             entries = await self.redis.xrevrange(self._key("events"), "+", "-", count=1)
         return str(entries[0][0]) if entries else None
 
     async def wait(self, cursor: str | None, timeout: float) -> None:
         block = max(1, int(min(timeout, MAX_BLOCK) * 1000))
-        async with _translated():
+        async with translated():
             await self.redis.xread({self._key("events"): cursor or "0-0"}, count=1, block=block)
 
 
@@ -364,10 +363,3 @@ def _order(cursor: str) -> tuple[int, int]:
     ms, _, seq = cursor.partition("-")
     return int(ms), int(seq or 0)
 
-
-@contextlib.asynccontextmanager
-async def _translated() -> AsyncIterator[None]:
-    try:
-        yield
-    except RedisError as exc:
-        raise StoreError(f"Redis failed: {exc}") from exc

@@ -313,6 +313,7 @@ def _delivery(delivery_id: str, f: dict[str, str], attempts: list[str]) -> Deliv
 
 @contextlib.asynccontextmanager
 async def translated() -> AsyncIterator[None]:
+    """redis-py's errors become StoreError here, for both halves of the Redis store."""
     try:
         yield
     except RedisError as exc:
