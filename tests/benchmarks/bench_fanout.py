@@ -36,9 +36,7 @@ import hashlib
 import hmac
 import json
 import multiprocessing
-import os
 import resource
-import socket
 import subprocess
 import sys
 import tempfile
@@ -51,6 +49,7 @@ from pathlib import Path
 
 import httpx
 from benchstore import KINDS, bench_store
+from common import cpu_seconds, free_port, percentile, wait_ready
 
 SECRET = "bench-webhook-secret"
 PROVIDER = "bench"
@@ -60,11 +59,6 @@ GRACE = 15.0
 
 
 # -- the relay under test --------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -102,7 +96,7 @@ def relay_processes(workdir: Path, store: str, count: int) -> Iterator[Relays]:
                     stdout=log, stderr=subprocess.STDOUT))
         for index, (port, process) in enumerate(zip(relays.ports, relays.processes,
                                                     strict=True)):
-            wait_ready(port, process, workdir / f"relay-{index}.log")
+            wait_ready(f"http://127.0.0.1:{port}", process, workdir / f"relay-{index}.log")
         yield relays
     finally:
         for process in relays.processes:
@@ -111,17 +105,6 @@ def relay_processes(workdir: Path, store: str, count: int) -> Iterator[Relays]:
         for process in relays.processes:
             process.wait(30)
 
-
-def wait_ready(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            sys.exit(f"relay exited:\n{log.read_text()[-2000:]}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                return
-        time.sleep(0.05)
-    sys.exit("relay did not become ready within 30 s")
 
 
 def track(port: int, external_id: str) -> str:
@@ -137,10 +120,6 @@ def rss_kib(pid: int) -> int:
             return int(line.split()[1])
     raise RuntimeError("no VmRSS")
 
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def raise_open_files_limit(needed: int) -> None:
@@ -395,12 +374,6 @@ class Round:
                 f"  duplicates {r.duplicates}  (webhook 202 p50 {ack:.1f} ms;"
                 f" relay CPU {self.relay_cpu:.1f} s)")
 
-
-def percentile(values: array[float], fraction: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
 def run_round(relays: Relays, args: argparse.Namespace, rate: float, name: str) -> Round:

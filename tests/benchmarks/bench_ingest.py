@@ -30,7 +30,6 @@ import hmac
 import json
 import multiprocessing
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -42,6 +41,7 @@ from pathlib import Path
 
 import httpx
 from benchstore import KINDS, bench_store
+from common import cpu_seconds, free_port, percentile, wait_ready
 
 SECRET = "bench-webhook-secret"
 PROVIDER = "bench"
@@ -66,11 +66,6 @@ class Tally:
 
 
 # -- the relay under test ------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 Relay = tuple[str, subprocess.Popen[bytes]]
@@ -103,23 +98,6 @@ def relay_processes(workdir: Path, store: str, count: int, log_level: str
             process.wait(30)
 
 
-def wait_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            sys.exit(f"relay exited:\n{log.read_text()[-2000:]}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return
-        time.sleep(0.05)
-    sys.exit("relay did not become ready within 30 s")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (Linux /proc): a figure that, unlike throughput,
-    hardly depends on what else the machine is running."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # -- the clients -----------------------------------------------------------------------------
@@ -237,12 +215,6 @@ def drive(urls: list[str], args: argparse.Namespace) -> tuple[Tally, float]:
 
 
 # -- the report ------------------------------------------------------------------------------
-
-def percentile(values: list[float], fraction: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
 def report(args: argparse.Namespace, total: Tally, elapsed: float, stored: int) -> None:

@@ -28,7 +28,6 @@ import hmac
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+from common import cpu_seconds, free_port, percentile, wait_ready
 
 SECRET = "bench-webhook-secret"
 WHSEC = "whsec_" + base64.b64encode(bytes(range(32))).decode()
@@ -77,11 +77,6 @@ async def read_request(reader: asyncio.StreamReader) -> str:
 
 # -- the relay under test --------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
 
 def write_config(workdir: Path, consumer_port: int) -> Path:
     config = workdir / "relay.toml"
@@ -102,7 +97,7 @@ def relay_process(workdir: Path, config: Path) -> Iterator[tuple[str, int]]:
             [sys.executable, "-m", "relay", "serve", "--config", str(config), "--port",
              str(port), "--log-level", "warning"], stdout=log, stderr=subprocess.STDOUT)
     try:
-        wait_ready(url, process, workdir)
+        wait_ready(url, process, workdir / "relay.log")
         yield url, process.pid
     finally:
         if process.poll() is None:
@@ -110,23 +105,6 @@ def relay_process(workdir: Path, config: Path) -> Iterator[tuple[str, int]]:
             process.wait(30)
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (Linux /proc): unlike a rate, it hardly depends on
-    what else the shared machine is running."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def wait_ready(url: str, process: subprocess.Popen[bytes], workdir: Path) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            sys.exit(f"relay exited:\n{(workdir / 'relay.log').read_text()[-2000:]}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return
-        time.sleep(0.05)
-    sys.exit("relay did not become ready within 30 s")
 
 
 # -- 1. live ---------------------------------------------------------------------------------
@@ -176,13 +154,10 @@ async def live(workdir: Path, config: Path, consumer: Consumer, count: int, clie
     latencies = sorted(got[c] - acknowledged[c] for c in got)
     print(f"live: {count} webhooks posted in {posted:.2f} s ({count / posted:.0f}/s); "
           f"{len(got)} delivered in {elapsed:.2f} s: {len(got) / elapsed:.0f} deliveries/s; "
-          f"202 -> delivery p50 {1000 * percentile(latencies, 50):.0f} ms, "
-          f"p99 {1000 * percentile(latencies, 99):.0f} ms; relay CPU {1000 * cpu / count:.2f} ms "
+          f"202 -> delivery p50 {1000 * percentile(latencies, 0.50):.0f} ms, "
+          f"p99 {1000 * percentile(latencies, 0.99):.0f} ms; relay CPU {1000 * cpu / count:.2f} ms "
           f"per webhook and its delivery; repeats {consumer.requests - len(consumer.arrived)}")
 
-
-def percentile(values: list[float], p: float) -> float:
-    return values[min(len(values) - 1, int(len(values) * p / 100))]
 
 
 # -- 2. backlog ------------------------------------------------------------------------------
