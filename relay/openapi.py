@@ -161,10 +161,15 @@ def _stream_paths() -> JSON:
     token = _query("token", _STR, "A subscribe token (what a browser EventSource can send); "
                                   "without one, the API key is required.")
     last_id = _param("Last-Event-ID", "header", _STR,
-                     "Resume: exactly the events after this cursor, instead of current state.")
+                     "Resume: exactly the events after this cursor, instead of current state. "
+                     "A cursor the relay cannot place is never an error: the stream starts "
+                     "with `event: relay.reset` instead.")
     stream = {"description": "An event stream: `retry:`, then `id: <cursor>`, "
                              "`event: job.updated`, `data: <Job>` per event, and heartbeat "
-                             "comments while idle.",
+                             "comments while idle. When a `Last-Event-ID` cannot be resumed "
+                             "exactly, it starts with `event: relay.reset` and `data: "
+                             "{\"reason\": \"unknown_cursor\" | \"cursor_expired\" | "
+                             "\"too_far_behind\"}` (no `id:`), then the current state.",
               "content": {"text/event-stream": {"schema": _STR}}}
     forbidden = _error("The token does not grant this job or topic.")
     token_auth: list[JSON] = [{"apiKey": []}, {"subscribeToken": []}]
@@ -173,13 +178,12 @@ def _stream_paths() -> JSON:
             "One job's events: its current state, then live; ends after the terminal event.", {
                 "200": stream,
                 "204": {"description": "Reconnected after the terminal event: stop."},
-                "400": _error("Last-Event-ID is not a cursor this relay gave."),
                 "401": _UNAUTHORIZED, "403": forbidden, "404": _NOT_FOUND,
             }, tag="events", params=[_JOB_ID, token, last_id], security=token_auth)},
         "/v1/events": {"get": _op(
             "Many jobs' events: the current state of each (the newest 100), then live.", {
                 "200": stream,
-                "400": _error("No topic or job named, too many, or a bad Last-Event-ID."),
+                "400": _error("No topic or job named, or too many."),
                 "401": _UNAUTHORIZED, "403": forbidden,
             }, tag="events", params=[
                 _query("topic", {"type": "array", "items": _STR},

@@ -181,13 +181,25 @@ async def test_a_topic_stream_resumes_across_jobs_from_last_event_id():
             assert (live.data["external_id"], live.data["state"]) == ("b", "succeeded")
 
 
-async def test_an_unknown_last_event_id_is_a_400_before_the_stream_starts():
+async def test_an_unknown_last_event_id_gets_relay_reset_and_the_current_state():
     async with running_relay() as relay:
         job_id = (await relay.track("gen", "a"))["job"]["id"]
-        response = await relay.client.get(f"/v1/jobs/{job_id}/events",
-                                          headers={"last-event-id": "999999"})
-        assert (response.status_code, response.json()["error"]) == (400, "invalid_cursor")
-        assert metric(await metrics(relay.client), "relay_subscribers") == 0
+        for percent, last_event_id in [(10, "999999"), (20, "not-a-cursor")]:
+            async with sse(relay.client, f"/v1/jobs/{job_id}/events",
+                           last_event_id=last_event_id) as stream:
+                reset, current = await stream.take(2)
+                assert (reset.event, reset.id, reset.data) == (
+                    "relay.reset", None, {"reason": "unknown_cursor"})
+                assert (current.event, current.data["id"]) == ("job.updated", job_id)
+                await relay.webhook({"id": "a", "status": "PROCESSING",
+                                     "progress_percent": percent})
+                live = await stream.next()
+                assert (live.data["state"], live.data["progress"]) == ("running", percent / 100)
+
+        async def unsubscribed() -> bool:
+            return metric(await metrics(relay.client), "relay_subscribers") == 0
+
+        await eventually(unsubscribed)
 
 
 # -- streams --------------------------------------------------------------------------------

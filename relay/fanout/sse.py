@@ -7,14 +7,15 @@ backlog and the queue overlap: the stream remembers the version of each job its 
 and skips live frames at or below it (a job's versions only go up; the hub sends each event
 once, in order).
 
-The first page of the backlog is read before the response starts, so a bad `Last-Event-ID`
-is a 400 and a finished job's stream a 204, not a stream that breaks after its headers.
+The first page of the backlog is read before the response starts, so a finished job's stream
+is a 204, not a stream that breaks after its headers.
 
-When the events after `Last-Event-ID` cannot all be sent (the store no longer keeps them, or
-there are more than MAX_REPLAY), the stream says so with an `event: relay.reset` whose data
-is `{"reason": ...}`, then sends the current state of each job, as a new connection gets it.
-A client keeps what it has and applies what follows; one that does not listen for
-`relay.reset` still receives the current state as ordinary `job.updated` events.
+When the events after `Last-Event-ID` cannot all be sent (the store no longer keeps them, never
+gave that cursor, or there are more than MAX_REPLAY), the stream says so with an
+`event: relay.reset` whose data is `{"reason": ...}`, then sends the current state of each
+job, as a new connection gets it. A client keeps what it has and applies what follows; one
+that does not listen for `relay.reset` still receives the current state as ordinary
+`job.updated` events.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from relay.auth import DEFAULT_TTL, MAX_GRANTS, MAX_TTL, Access, Grant, Tokens
-from relay.errors import ApiError, CursorExpired
+from relay.errors import ApiError, CursorExpired, InvalidCursor
 from relay.fanout.hub import HEARTBEAT, Frame, Hub, Subscriber, encode
 from relay.fanout.stream import EventStream
 from relay.models import Event, Job
@@ -46,6 +47,7 @@ _HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 CURSOR_EXPIRED = "cursor_expired"
 TOO_FAR_BEHIND = "too_far_behind"
+UNKNOWN_CURSOR = "unknown_cursor"
 
 logger = logging.getLogger(__name__)
 
@@ -152,11 +154,15 @@ class Streams:
             return Backlog(topics, None, await self.store.latest(topics, SNAPSHOT_LIMIT))
         try:
             events = await self.store.read_since(last_id, topics=topics, limit=PAGE)
-        except CursorExpired:
-            logger.info("a subscriber resumed from a cursor older than the store keeps; "
-                        "it gets relay.reset and the current state")
+        except (CursorExpired, InvalidCursor) as exc:
+            # A browser's EventSource resends its Last-Event-ID forever: an error here would
+            # strand it, so a cursor the store cannot place (older than it keeps, or from a
+            # store since reset) gets the current state instead.
+            reason = CURSOR_EXPIRED if isinstance(exc, CursorExpired) else UNKNOWN_CURSOR
+            logger.info("a subscriber resumed from a cursor the store cannot place (%s); "
+                        "it gets relay.reset and the current state", reason)
             return Backlog(topics, None, await self.store.latest(topics, SNAPSHOT_LIMIT),
-                           reset=CURSOR_EXPIRED)
+                           reset=reason)
         return Backlog(topics, last_id, events)
 
     async def _chunks(self, subscriber: Subscriber, backlog: Backlog, single_job: bool
@@ -209,6 +215,8 @@ class Streams:
                 cursor = events[-1].cursor
         except CursorExpired:
             reason = CURSOR_EXPIRED
+        except InvalidCursor:  # the store was reset while the client caught up
+            reason = UNKNOWN_CURSOR
         yield Reset(reason)
         for event in await self.store.latest(topics, SNAPSHOT_LIMIT):
             yield event
