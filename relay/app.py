@@ -1,5 +1,13 @@
-"""The composition root: `create_app` builds the store, the hub and the routes, and wires
-them together. Nothing else constructs these; tests build the real app through here."""
+"""The composition root: `create_app` builds every part of the relay from the settings, gives
+each the slice of configuration it uses, and wires them together. Nothing else constructs
+them; tests build the real app through here.
+
+    store ◄── recorder ◄── webhook ingest, tracking, cancel, poll scheduler
+      │
+      ├──► hub ──► SSE streams, long-polls
+      └──► outbound service ──► downstream consumers
+    relay.http: one resource per part of the API, over the services above
+"""
 
 from __future__ import annotations
 
@@ -9,141 +17,73 @@ from collections.abc import AsyncIterator
 
 import httpx
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
-from starlette.middleware import Middleware
-from starlette.middleware.cors import CORSMiddleware
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Mount, Route
-from starlette.staticfiles import StaticFiles
 
-from relay.auth import Access, Tokens
-from relay.errors import ApiError, StoreError
-from relay.fanout.dashboard import Dashboard
+from relay.config import Settings
 from relay.fanout.hub import Hub
-from relay.fanout.jobs_api import JobsApi
-from relay.fanout.outbound import Outbound
-from relay.fanout.sse import Streams
-from relay.fanout.subscriptions_api import SubscriptionsApi
+from relay.http import application
+from relay.http.auth import Access
+from relay.http.dashboard import Dashboard
+from relay.http.events import Events
+from relay.http.hooks import Hooks
+from relay.http.jobs import Jobs
+from relay.http.operations import Operations
+from relay.http.subscriptions import Subscriptions
 from relay.ingest.cancel import Cancel
-from relay.ingest.polling import Polling
-from relay.ingest.providers import http_client
+from relay.ingest.providers import ProviderClients
 from relay.ingest.recorder import Recorder
 from relay.ingest.tracking import Tracking
-from relay.ingest.webhooks import WebhookReceiver
-from relay.metrics import Metrics
-from relay.openapi import document
-from relay.settings import Settings
+from relay.ingest.webhooks import WebhookIngest
+from relay.outbound.service import Outbound
+from relay.polling.scheduler import Scheduler
+from relay.runtime.metrics import Metrics
 from relay.store import Store, open_store
-from relay.web import RequestIdMiddleware, api_error, error_response, http_error, server_error
+from relay.tokens import Tokens
 
 
 def create_app(settings: Settings, *, store: Store | None = None,
                http: httpx.AsyncClient | None = None) -> Starlette:
     """The relay as an ASGI app. `store` and `http` replace the ones `settings` would make."""
-    store = store if store is not None else open_store(settings.server.store)
+    server, providers = settings.server, settings.providers
+    store = store if store is not None else open_store(server.store)
     metrics = Metrics()
-    tokens = Tokens(settings.server.secret) if settings.server.secret else Tokens()
-    access = Access(settings.server.api_keys, tokens)
-    hub = Hub(store, metrics, settings.server.heartbeat)
+    tokens = Tokens(server.secret) if server.secret else Tokens()
+    access = Access(server.api_keys, tokens)
+    hub = Hub(store, metrics, server.heartbeat)
     recorder = Recorder(store, metrics)
-    polling = Polling(settings, store, recorder, metrics)
-    webhooks = WebhookReceiver(settings, recorder, tokens, metrics,
-                               on_unverified=polling.unverified)
-    cancel = Cancel(settings, store, recorder, access, polling.client)
-    tracking = Tracking(settings, recorder, access, tokens)
-    streams = Streams(store, hub, access, tokens)
-    jobs = JobsApi(store, hub, access)
-    dashboard = Dashboard(settings, tokens)
-    outbound = Outbound(settings, store, metrics)  # ConfigError here for bad [[subscriptions]]
-    subscriptions = SubscriptionsApi(store, access, outbound)
+    clients = ProviderClients(providers, http)
+    scheduler = Scheduler(providers, store, recorder, clients, metrics)
+    ingest = WebhookIngest(providers, recorder, tokens, metrics,
+                           on_unverified=scheduler.unverified)
+    tracking = Tracking(providers, recorder, tokens, server.public_url)
+    cancel = Cancel(providers, store, recorder, clients)
+    outbound = Outbound(settings.outbound, store, metrics)  # ConfigError: bad [[subscriptions]]
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await store.open()
-        try:
-            if not settings.server.secret:
+        async with contextlib.AsyncExitStack() as running:
+            await store.open()
+            running.push_async_callback(store.close)
+            if not server.secret:
                 tokens.use_secret(await store.secret("relay", lambda: secrets.token_hex(32)))
             await hub.start()
-            try:
-                await outbound.start()
-                async with http_client(http, settings) as client:
-                    await polling.start(client)
-                    try:
-                        yield
-                    finally:
-                        await polling.stop()
-            finally:
-                await outbound.stop()
-                await hub.stop()
-        finally:
-            await store.close()
+            running.push_async_callback(hub.stop)
+            await outbound.start()
+            running.push_async_callback(outbound.stop)
+            clients.open()
+            running.push_async_callback(clients.close)
+            await scheduler.start()
+            running.push_async_callback(scheduler.stop)
+            yield
 
-    async def healthz(request: Request) -> Response:
-        return JSONResponse({"status": "ok"})
-
-    async def readyz(request: Request) -> Response:
-        try:
-            await store.ping()
-        except StoreError as exc:
-            return error_response(request, 503, "unavailable", "the store is unreachable",
-                                  {"store": str(exc)})
-        # A provider refusing our credentials is shown here but keeps the relay ready: every
-        # instance shares the config, and webhooks, SSE and other providers still work.
-        problems = polling.problems()
-        return JSONResponse({"status": "ready", "providers": problems} if problems
-                            else {"status": "ready"})
-
-    async def metrics_page(request: Request) -> Response:
-        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
-
-    api_description = document()
-
-    async def openapi_page(request: Request) -> Response:
-        return JSONResponse(api_description)
-
-    routes = [
-        Route("/", dashboard.show),
-        Mount("/static", StaticFiles(packages=[("relay", "static")]), name="static"),
-        Route("/healthz", healthz),
-        Route("/readyz", readyz),
-        Route("/metrics", metrics_page),
-        Route("/openapi.json", openapi_page),
-        Route("/hooks/{provider}", webhooks.receive, methods=["POST"]),
-        Route("/hooks/{provider}/{token}", webhooks.receive, methods=["POST"]),
-        Route("/v1/jobs", tracking.track, methods=["POST"]),
-        Route("/v1/jobs", jobs.list, methods=["GET"]),
-        Route("/v1/jobs/{id}", jobs.get, methods=["GET"]),
-        Route("/v1/jobs/{id}/history", jobs.history, methods=["GET"]),
-        Route("/v1/jobs/{id}/cancel", cancel.cancel, methods=["POST"]),
-        Route("/v1/jobs/{id}/events", streams.job_events, methods=["GET"]),
-        Route("/v1/events", streams.events, methods=["GET"]),
-        Route("/v1/tokens", streams.create_token, methods=["POST"]),
-        Route("/v1/subscriptions", subscriptions.create, methods=["POST"]),
-        Route("/v1/subscriptions", subscriptions.list, methods=["GET"]),
-        Route("/v1/subscriptions/{id}", subscriptions.get, methods=["GET"]),
-        Route("/v1/subscriptions/{id}", subscriptions.delete, methods=["DELETE"]),
-        Route("/v1/subscriptions/{id}/deliveries", subscriptions.deliveries, methods=["GET"]),
-        Route("/v1/deliveries/{id}/retry", subscriptions.retry, methods=["POST"]),
-    ]
-    middleware = [Middleware(RequestIdMiddleware)]
-    if settings.server.cors_origins:
-        middleware.append(Middleware(
-            CORSMiddleware, allow_origins=list(settings.server.cors_origins),
-            allow_methods=["GET", "POST", "DELETE"], allow_headers=["*"],
-            expose_headers=["X-Request-ID"]))
-    app = Starlette(
-        routes=routes, middleware=middleware, lifespan=lifespan,
-        exception_handlers={ApiError: api_error, HTTPException: http_error,
-                            StoreError: store_unavailable, Exception: server_error})
+    app = application([
+        Dashboard(list(providers), access, tokens),
+        Operations(store, metrics, scheduler.problems),
+        Hooks(ingest, server.max_body),
+        Jobs(store, hub, access, tracking, cancel),
+        Events(store, hub, access, tokens),
+        Subscriptions(store.outbox, access, outbound),
+    ], cors_origins=server.cors_origins, lifespan=lifespan)
     app.state.stopping = hub.stopping
     app.state.store = store
-    app.state.metrics = metrics
-    app.state.polling = polling
     app.state.outbound = outbound
     return app
-
-
-async def store_unavailable(request: Request, exc: Exception) -> Response:
-    return error_response(request, 503, "unavailable", "the store is unavailable; retry",
-                          headers={"Retry-After": "1"})

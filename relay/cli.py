@@ -12,10 +12,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from relay.app import create_app
-from relay.demo import DemoOptions, run_demo
+from relay.config import Settings
 from relay.errors import ConfigError, StoreError
-from relay.server import bind, make_server
-from relay.settings import Settings, load_settings
+from relay.runtime.server import bind, make_server
+from relay.settings import load_settings
 from relay.store import open_store
 
 logger = logging.getLogger(__name__)
@@ -90,6 +90,8 @@ def _tune_gc() -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from relay.sim.demo import DemoOptions, run_demo  # the demo runs on the service, not in it
+
     options = DemoOptions(host=args.host, port=args.port, jobs=args.jobs,
                           exit_after=args.exit_after, directory=args.dir)
     return asyncio.run(run_demo(options))

@@ -1,103 +1,24 @@
-"""Configuration: a TOML file, `${VAR}` expansion, then environment overrides (CONTRACT section 1).
+"""Reading the configuration: a TOML file, `${VAR}` expansion, then environment overrides.
 
 `load_settings()` is the only place that reads the environment. Anything wrong raises
 `ConfigError` with one line naming the key, so `relay serve` fails at startup, never at the
-first request.
+first request. The values it builds are `relay.config`'s.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from relay.config import ProviderConfig, ServerConfig, Settings, SubscriptionConfig
 from relay.errors import ConfigError
 from relay.models import Schema
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-
-DEFAULT_AUTH = {
-    Schema.GENERATION: ("x-api-key", ""),
-    Schema.STORY: ("Authorization", "Bearer"),
-    Schema.JOBSTATUS: ("Authorization", "Bearer"),
-}
-
-
-@dataclass(frozen=True, slots=True)
-class ProviderSettings:
-    """One `[providers.<name>]` table."""
-
-    name: str
-    schema: Schema
-    base_url: str | None = None
-    api_key: str | None = None
-    webhook_secrets: tuple[str, ...] = ()
-    signature_tolerance: float = 300.0
-    poll_interval: float = 2.0
-    poll_max_interval: float = 60.0
-    webhook_grace: float = 120.0
-    max_concurrency: int = 8
-    auth_header: str | None = None
-    auth_scheme: str | None = None  # "" sends the bare key
-
-    def auth_headers(self) -> dict[str, str]:
-        """The header that carries `api_key` to this provider, the schema's way by default."""
-        if not self.api_key:
-            return {}
-        header, scheme = DEFAULT_AUTH[self.schema]
-        header = self.auth_header or header
-        scheme = scheme if self.auth_scheme is None else self.auth_scheme
-        return {header: f"{scheme} {self.api_key}" if scheme else self.api_key}
-
-
-@dataclass(frozen=True, slots=True)
-class SubscriptionSettings:
-    """One `[[subscriptions]]` entry: an outbound webhook target."""
-
-    url: str
-    topics: tuple[str, ...] = ("*",)
-    secret: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ServerSettings:
-    host: str = "127.0.0.1"
-    port: int = 8000
-    public_url: str = ""
-    store: str = "sqlite:///./relay.db"
-    secret: str | None = None
-    api_keys: tuple[str, ...] = ()
-    cors_origins: tuple[str, ...] = ()
-    heartbeat: float = 15.0
-    max_body: int = 1_048_576
-    allow_private_targets: bool = False
-    delivery_max_age: float = 86400.0  # seconds an outbound delivery is retried
-    delivery_retry_scale: float = 1.0  # multiplies the outbound retry schedule (tests shrink it)
-
-    @property
-    def loopback(self) -> bool:
-        return is_loopback(self.host)
-
-
-@dataclass(frozen=True, slots=True)
-class Settings:
-    server: ServerSettings = field(default_factory=ServerSettings)
-    providers: Mapping[str, ProviderSettings] = field(default_factory=dict)
-    subscriptions: tuple[SubscriptionSettings, ...] = ()
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def load_settings(path: str | os.PathLike[str] | None = None,
@@ -166,13 +87,13 @@ _SERVER_KEYS = {"host", "port", "public_url", "store", "secret", "api_keys", "co
                 "delivery_retry_scale"}
 
 
-def _server(table: Mapping[str, Any], env: Mapping[str, str]) -> ServerSettings:
+def _server(table: Mapping[str, Any], env: Mapping[str, str]) -> ServerConfig:
     _check_keys(table, _SERVER_KEYS, "server")
     values = dict(table)
     _apply_env(values, env)
     host = _str(values, "host", "server", "127.0.0.1")
     port = _int(values, "port", "server", 8000, low=0, high=65535)
-    server = ServerSettings(
+    server = ServerConfig(
         host=host,
         port=port,
         public_url=_str(values, "public_url", "server", "").rstrip("/")
@@ -220,7 +141,7 @@ def _store_url(url: str) -> str:
     return url
 
 
-def _check_exposure(server: ServerSettings) -> None:
+def _check_exposure(server: ServerConfig) -> None:
     if server.loopback:
         return
     if not server.secret:
@@ -238,7 +159,7 @@ _PROVIDER_KEYS = {"schema", "base_url", "api_key", "webhook_secret", "signature_
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
-def _provider(name: str, table: Any) -> ProviderSettings:
+def _provider(name: str, table: Any) -> ProviderConfig:
     key = f"providers.{name}"
     if not _NAME.match(name):
         raise ConfigError(f"{key}: a provider name is 1 to 64 letters, digits, '-' or '_'")
@@ -247,7 +168,7 @@ def _provider(name: str, table: Any) -> ProviderSettings:
     _check_keys(table, _PROVIDER_KEYS, key)
     schema = _schema(table, key)
     interval = _float(table, "poll_interval", key, 2.0, low=0.01)
-    return ProviderSettings(
+    return ProviderConfig(
         name=name,
         schema=schema,
         base_url=(_str(table, "base_url", key, "") or "").rstrip("/") or None,
@@ -287,7 +208,7 @@ def _secrets(table: Mapping[str, Any], key: str) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _subscription(index: int, entry: Any) -> SubscriptionSettings:
+def _subscription(index: int, entry: Any) -> SubscriptionConfig:
     key = f"subscriptions[{index}]"
     if not isinstance(entry, dict):
         raise ConfigError(f"{key}: expected a table")
@@ -296,7 +217,7 @@ def _subscription(index: int, entry: Any) -> SubscriptionSettings:
     if not url.startswith(("http://", "https://")):
         raise ConfigError(f"{key}.url: expected an http(s) URL")
     topics = _strings(entry, "topics", key) or ("*",)
-    return SubscriptionSettings(url=url, topics=topics, secret=_str(entry, "secret", key, "")
+    return SubscriptionConfig(url=url, topics=topics, secret=_str(entry, "secret", key, "")
                                 or None)
 
 

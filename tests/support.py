@@ -21,9 +21,10 @@ import httpx
 import pytest
 
 from relay.app import create_app
-from relay.ingest.signatures import sync_signature_header
-from relay.server import serving
-from relay.settings import Settings, parse_settings
+from relay.config import Settings
+from relay.runtime.server import serving
+from relay.settings import parse_settings
+from relay.signing import sync_signature_header
 from relay.store import Store
 
 WEBHOOK_SECRET = "test-webhook-secret"

@@ -18,8 +18,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from relay.ingest.signatures import sync_signature_header
 from relay.models import Job, Source
+from relay.signing import sync_signature_header
 from relay.store.sqlite import SQLiteStore
 from tests.support import RelayProcess, eventually, free_port, sse
 

@@ -25,8 +25,9 @@ import pytest
 from standardwebhooks.webhooks import Webhook
 
 from relay.app import create_app
-from relay.ingest.signatures import standard_keys, standard_signature, sync_signature_header
-from relay.settings import Settings, parse_settings
+from relay.config import Settings
+from relay.settings import parse_settings
+from relay.signing import standard_keys, standard_signature, sync_signature_header
 from tests.support import (
     Relay,
     RelayProcess,

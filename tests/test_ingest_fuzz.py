@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from relay.app import create_app
-from relay.ingest.signatures import standard_keys, standard_signature, sync_signature_header
+from relay.signing import standard_keys, standard_signature, sync_signature_header
 from relay.store import Store
 from tests.support import WEBHOOK_SECRET, make_settings
 

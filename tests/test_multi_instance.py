@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from relay.ingest.signatures import sync_signature_header
+from relay.signing import sync_signature_header
 from tests.support import WEBHOOK_SECRET, RelayProcess, free_port, redis_url, sse
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]

@@ -26,14 +26,16 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from relay.app import create_app
+from relay.config import Settings
 from relay.errors import ConfigError
-from relay.fanout import targets
-from relay.fanout.outbound import JITTER, MAX_IN_FLIGHT, REPEAT_EVERY, SCHEDULE, Policy
-from relay.fanout.sending import Sent
-from relay.fanout.targets import Guard, Target
 from relay.models import Event, Job, Source
-from relay.server import serving
-from relay.settings import Settings, parse_settings
+from relay.outbound import targets
+from relay.outbound.policy import JITTER, REPEAT_EVERY, SCHEDULE, Policy
+from relay.outbound.sending import Sent
+from relay.outbound.targets import Guard, Target
+from relay.outbound.worker import MAX_IN_FLIGHT
+from relay.runtime.server import serving
+from relay.settings import parse_settings
 from relay.store.outbox import Attempt, Delivery, DeliveryStatus, Subscription
 from tests.support import (
     WEBHOOK_SECRET,
@@ -303,7 +305,7 @@ async def test_a_private_target_is_refused_at_send_time_without_a_request():
             httpx.AsyncClient(base_url=base) as client:
         relay = Relay(base, app.state.store, client)
         # As if its host had resolved to a public address when it was created.
-        await relay.store.save_subscription(Subscription("sub_x", url, ("*",), SECRET))
+        await relay.store.outbox.save_subscription(Subscription("sub_x", url, ("*",), SECRET))
         app.state.outbound.changed()
         await relay.track("gen", "s-1")
         await eventually(lambda: _attempted(relay, "sub_x"), timeout=5)

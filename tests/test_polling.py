@@ -15,9 +15,10 @@ import httpx
 import pytest
 
 from relay.app import create_app
-from relay.server import serving
-from relay.settings import Settings, parse_settings
-from relay.simulator import (
+from relay.config import Settings
+from relay.runtime.server import serving
+from relay.settings import parse_settings
+from relay.sim import (
     Fault,
     GenerationProvider,
     JobStatusProvider,

@@ -8,13 +8,14 @@ from email.utils import format_datetime
 
 import pytest
 
+from relay.config import ProviderConfig
 from relay.errors import ProviderError
-from relay.ingest.providers import retry_after, segment
-from relay.ingest.schedule import Gate, Pacing, Schedule, Tracked
+from relay.ingest.providers import segment
 from relay.models import Schema, utcnow
-from relay.settings import ProviderSettings
+from relay.polling.schedule import Gate, Pacing, Schedule, Tracked
+from relay.signing import retry_after
 
-PROVIDER = ProviderSettings("p", Schema.JOBSTATUS, base_url="http://x", poll_interval=1.0,
+PROVIDER = ProviderConfig("p", Schema.JOBSTATUS, base_url="http://x", poll_interval=1.0,
                             poll_max_interval=10.0)
 
 
@@ -99,8 +100,8 @@ def test_a_job_id_stays_one_path_segment():
 
 
 def test_an_unverified_body_too_deeply_nested_to_parse_names_no_job():
-    from relay.ingest.polling import _external_id
+    from relay.ingest.webhooks import named_job
     from relay.models import Schema
 
-    assert _external_id(Schema.GENERATION, b"[" * 100_000) is None
-    assert _external_id(Schema.GENERATION, b'{"id": "g-1", "status": "x"}') == "g-1"
+    assert named_job(Schema.GENERATION, b"[" * 100_000) is None
+    assert named_job(Schema.GENERATION, b'{"id": "g-1", "status": "x"}') == "g-1"

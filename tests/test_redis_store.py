@@ -6,9 +6,9 @@ import asyncio
 
 import pytest
 
-from relay.errors import CursorExpired, InvalidCursor
+from relay.errors import CursorExpired, UnknownCursor
 from relay.models import Source
-from relay.store import Leases, open_store
+from relay.store import open_store
 from tests.support import redis_url
 from tests.test_store_contract import NOW, bump, job, put
 
@@ -67,7 +67,7 @@ async def test_a_cursor_from_the_future_or_of_another_shape_is_invalid():
     try:
         await put(store, job("a"))
         for cursor in ["99999999999999-0", "12", "abc"]:
-            with pytest.raises(InvalidCursor):
+            with pytest.raises(UnknownCursor):
                 await store.read_since(cursor)
     finally:
         await store.close()
@@ -75,24 +75,27 @@ async def test_a_cursor_from_the_future_or_of_another_shape_is_invalid():
 
 async def test_a_lease_is_held_by_one_owner_until_released_or_lapsed():
     store = open_store(redis_url())
+    leases = store.leases
     try:
-        assert isinstance(store, Leases)
-        assert await store.claim(["poll:a", "poll:b"], "one", ttl=30) == {"poll:a", "poll:b"}
-        assert await store.claim(["poll:a", "poll:c"], "two", ttl=30) == {"poll:c"}
-        assert await store.claim(["poll:a"], "one", ttl=30) == {"poll:a"}  # renewed
-        await store.release(["poll:a"], "two")  # not two's to release
-        assert await store.claim(["poll:a"], "two", ttl=30) == set()
-        await store.release(["poll:a"], "one")
-        assert await store.claim(["poll:a"], "two", ttl=30) == {"poll:a"}
-        assert await store.claim(["poll:short"], "one", ttl=0.05) == {"poll:short"}
+        assert leases.shared
+        assert await leases.claim(["poll:a", "poll:b"], "one", ttl=30) == {"poll:a", "poll:b"}
+        assert await leases.claim(["poll:a", "poll:c"], "two", ttl=30) == {"poll:c"}
+        assert await leases.claim(["poll:a"], "one", ttl=30) == {"poll:a"}  # renewed
+        await leases.release(["poll:a"], "two")  # not two's to release
+        assert await leases.claim(["poll:a"], "two", ttl=30) == set()
+        await leases.release(["poll:a"], "one")
+        assert await leases.claim(["poll:a"], "two", ttl=30) == {"poll:a"}
+        assert await leases.claim(["poll:short"], "one", ttl=0.05) == {"poll:short"}
         await asyncio.sleep(0.1)  # the holder "died": its lease lapses after the ttl
-        assert await store.claim(["poll:short"], "two", ttl=30) == {"poll:short"}
+        assert await leases.claim(["poll:short"], "two", ttl=30) == {"poll:short"}
     finally:
         await store.close()
 
 
 async def test_single_process_stores_do_not_claim_to_lease():
-    assert not isinstance(open_store("memory://"), Leases)
+    leases = open_store("memory://").leases
+    assert not leases.shared
+    assert await leases.claim(["poll:a"], "anyone", ttl=1) == {"poll:a"}
 
 
 async def test_more_concurrent_commands_than_pooled_connections_wait_rather_than_fail():

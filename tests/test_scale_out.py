@@ -20,14 +20,16 @@ from urllib.parse import parse_qs
 import httpx
 import pytest
 
-from relay.fanout.sse import CURSOR_EXPIRED
-from relay.ingest.leasing import MIN_TTL
-from relay.ingest.polling import Polling
+from relay.config import Settings
+from relay.fanout.resume import CURSOR_EXPIRED
+from relay.ingest.providers import ProviderClients
 from relay.ingest.recorder import Recorder
-from relay.metrics import Metrics
-from relay.server import serving, serving_in_thread
-from relay.settings import Settings, parse_settings
-from relay.simulator import JobStatusProvider, jobstatus_timeline
+from relay.polling.leases import MIN_TTL
+from relay.polling.scheduler import Scheduler
+from relay.runtime.metrics import Metrics
+from relay.runtime.server import serving, serving_in_thread
+from relay.settings import parse_settings
+from relay.sim import JobStatusProvider, jobstatus_timeline
 from relay.store import open_store
 from tests.support import (
     RelayProcess,
@@ -183,7 +185,7 @@ TTL = 1.5
 
 @contextlib.asynccontextmanager
 async def scheduler(tag: str, settings: Settings, polls: list[tuple[str, str]]
-                    ) -> AsyncIterator[Polling]:
+                    ) -> AsyncIterator[Scheduler]:
     """One instance's poll scheduler on its own Redis connection; its polls go in `polls`."""
     store = open_store(settings.server.store)
     await store.open()
@@ -192,9 +194,12 @@ async def scheduler(tag: str, settings: Settings, polls: list[tuple[str, str]]
         polls.append((tag, request.url.params["jobId"]))
 
     metrics = Metrics()
-    polling = Polling(settings, store, Recorder(store, metrics), metrics, lease_ttl=TTL)
     async with httpx.AsyncClient(event_hooks={"request": [note]}, timeout=5) as http:
-        await polling.start(http)
+        clients = ProviderClients(settings.providers, http)
+        clients.open()
+        polling = Scheduler(settings.providers, store, Recorder(store, metrics), clients,
+                            metrics, lease_ttl_seconds=TTL)
+        await polling.start()
         try:
             yield polling
         finally:
@@ -209,8 +214,8 @@ def pollers(polls: list[tuple[str, str]], start: int = 0) -> dict[str, set[str]]
     return by_job
 
 
-async def track(polling: Polling, externals: list[str]) -> None:
-    provider = polling.settings.providers["jobs"]
+async def track(polling: Scheduler, externals: list[str]) -> None:
+    provider = polling.providers["jobs"]
     for external in externals:
         await polling.recorder.track(provider, external)
 

@@ -18,8 +18,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from relay.server import serving, serving_in_thread
-from relay.simulator import (
+from relay.runtime.server import serving, serving_in_thread
+from relay.sim import (
     Fault,
     GenerationProvider,
     JobStatusProvider,

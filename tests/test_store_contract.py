@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from relay.errors import InvalidCursor
+from relay.errors import UnknownCursor
 from relay.models import Job, Source, State
 from relay.store import JobQuery, Store, open_store
 from relay.store.outbox import (
@@ -113,7 +113,7 @@ async def test_read_since_filters_by_topic_and_honours_the_limit(store):
 async def test_an_unknown_cursor_is_refused(store):
     await put(store, job("a"))
     for cursor in ["999999", "not-a-cursor", "1\n2", "\u00b2", "\u00b2-\u00b3"]:
-        with pytest.raises(InvalidCursor):
+        with pytest.raises(UnknownCursor):
             await store.read_since(cursor)
 
 
@@ -207,10 +207,10 @@ def subscription(name: str, topics: tuple[str, ...] = ("*",), **fields) -> Subsc
 
 
 async def subscribed(store: Store, *subscriptions: Subscription) -> Outbox:
-    assert isinstance(store, Outbox)
+    outbox = store.outbox
     for sub in subscriptions:
-        await store.save_subscription(sub)
-    return store
+        await outbox.save_subscription(sub)
+    return outbox
 
 
 def attempt(status: int | None = 500) -> Attempt:

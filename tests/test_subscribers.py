@@ -18,8 +18,8 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from relay.auth import Tokens
-from relay.ingest.signatures import sync_signature_header
+from relay.signing import sync_signature_header
+from relay.tokens import Tokens
 from tests.support import (
     WEBHOOK_SECRET,
     RelayProcess,

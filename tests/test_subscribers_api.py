@@ -8,14 +8,17 @@ import contextlib
 import re
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
 from starlette.applications import Starlette
 from starlette.routing import Mount, Route
 
+import relay.limits
 from relay.app import create_app
-from relay.server import serving
+from relay.http.openapi import document
+from relay.runtime.server import serving
 from tests.support import make_settings, running_relay, sse
 
 pytestmark = pytest.mark.anyio
@@ -199,7 +202,7 @@ async def test_openapi_describes_every_route_of_the_app():
     described = {(method.upper(), path) for path, item in document["paths"].items()
                  for method in item}
     missing = route_operations(app) - described
-    assert not missing, f"routes missing from relay/openapi.py: {sorted(missing)}"
+    assert not missing, f"routes missing from relay/http/openapi.py: {sorted(missing)}"
     for path, item in document["paths"].items():
         for operation in item.values():
             names = {p["name"] for p in operation.get("parameters", []) if p["in"] == "path"}
@@ -207,3 +210,36 @@ async def test_openapi_describes_every_route_of_the_app():
             assert operation["responses"], path
     refs = set(re.findall(r'"#/components/schemas/([^"]+)"', answer.text))
     assert refs <= set(document["components"]["schemas"])
+
+
+def stated(document: Any) -> tuple[set[float], str]:
+    """Every number in a document's values, and all of its text."""
+    numbers: set[float] = set()
+    texts: list[str] = []
+
+    def walk(value: Any) -> None:
+        if isinstance(value, dict):
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+        elif isinstance(value, bool):
+            return
+        elif isinstance(value, int | float):
+            numbers.add(value)
+        elif isinstance(value, str):
+            texts.append(value)
+
+    walk(document)
+    return numbers, " ".join(texts)
+
+
+def test_openapi_states_every_request_limit():
+    numbers, text = stated(document())
+    limits = {name: value for name, value in vars(relay.limits).items()
+              if name.isupper() and isinstance(value, int | float)}
+    unstated = [name for name, value in limits.items()
+                if value not in numbers and f"{value:g}" not in text]
+    assert not unstated, f"limits of relay/limits.py not in relay/http/openapi.py: {unstated}"
+    assert all(prefix in text for prefix in relay.limits.RESERVED_TOPICS)

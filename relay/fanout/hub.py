@@ -21,48 +21,23 @@ from the newest event.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from relay.errors import CursorExpired, RelayError
-from relay.metrics import Metrics
+from relay.fanout.wire import HEARTBEAT, Frame, encode
 from relay.models import Event, utcnow
+from relay.runtime.metrics import Metrics
+from relay.runtime.tasks import cancel_all
 from relay.store import Store
-from relay.tasks import cancel_all
+from relay.store.follow import Gap, follow
 
 logger = logging.getLogger(__name__)
 
-PAGE = 500
 QUEUE_SIZE = 256
 STALL_TIMEOUT = 30.0
-
-
-@dataclass(frozen=True, slots=True)
-class Frame:
-    """One event as it goes on the wire, with what streams need to route and dedupe it."""
-
-    cursor: str
-    job_id: str
-    version: int
-    terminal: bool
-    data: bytes
-
-
-def encode(event: Event) -> Frame:
-    job = event.job
-    if any(c in event.cursor for c in "\r\n\0"):
-        raise ValueError(f"unsafe cursor {event.cursor!r}")
-    body = json.dumps(job.to_dict(), separators=(",", ":"))
-    data = f"id: {event.cursor}\nevent: job.updated\ndata: {body}\n\n".encode()
-    return Frame(event.cursor, job.id, job.version, job.terminal, data)
-
-
-HEARTBEAT = Frame("", "", 0, False, b": heartbeat\n\n")
-"""A comment that keeps idle streams open through proxies; not an event."""
 
 
 class Mailbox:
@@ -199,32 +174,16 @@ class Hub:
                     self._put(subscriber, HEARTBEAT)
 
     async def _follow(self, cursor: str | None) -> None:
-        while True:
-            try:
-                cursor = await self._step(cursor)
-            except RelayError:
-                logger.exception("the hub could not read the store; retrying")
-                await asyncio.sleep(1)
-
-    async def _step(self, cursor: str | None) -> str | None:
-        try:
-            events = await self.store.read_since(cursor, limit=PAGE)
-        except CursorExpired:
-            return await self._fell_behind()
-        if not events:
-            await self.store.wait(cursor, timeout=30)
-            return cursor
-        now = utcnow()
-        for event in events:
-            self._dispatch(event, now)
-        return events[-1].cursor
-
-    async def _fell_behind(self) -> str | None:
-        newest = await self.store.last_cursor()
-        logger.warning("the hub fell behind the events the store keeps; its %d subscribers "
-                       "resume from their Last-Event-ID", len(self._all))
-        self._close_all()
-        return newest
+        async for page in follow(self.store, cursor):
+            if isinstance(page, Gap):
+                logger.warning("the hub lost its place in the store's log (%s); its %d "
+                               "subscribers resume from their Last-Event-ID", page.reason,
+                               len(self._all))
+                self._close_all()
+                continue
+            now = utcnow()
+            for event in page:
+                self._dispatch(event, now)
 
     def _dispatch(self, event: Event, now: datetime) -> None:
         targets: set[Subscriber] = set()

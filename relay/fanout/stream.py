@@ -25,11 +25,8 @@ import contextlib
 import logging
 import socket
 import struct
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, MutableMapping
 from typing import Any
-
-from starlette.responses import Response
-from starlette.types import Message, Receive, Scope, Send
 
 from relay.errors import RelayError
 from relay.fanout.hub import Hub, Subscriber
@@ -37,24 +34,27 @@ from relay.fanout.hub import Hub, Subscriber
 logger = logging.getLogger(__name__)
 
 ABORT_WAIT = 1.0
+HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"),
+           (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
 
 
-class EventStream(Response):
-    """A `text/event-stream` response fed by `chunks`, for as long as `subscriber` is open.
+class EventStream:
+    """A `text/event-stream` response (an ASGI app) fed by `chunks`, for as long as
+    `subscriber` is open.
 
     The stream owns the subscription: it is released when the response ends, however it ends.
     """
 
-    media_type = "text/event-stream"
-
-    def __init__(self, chunks: AsyncGenerator[bytes, None], subscriber: Subscriber, hub: Hub,
-                 headers: Mapping[str, str] | None = None) -> None:
+    def __init__(self, chunks: AsyncGenerator[bytes, None], subscriber: Subscriber,
+                 hub: Hub) -> None:
         self.chunks = chunks
         self.subscriber = subscriber
         self.hub = hub
-        self.status_code = 200
-        self.background = None
-        self.init_headers(headers)
         self._deadline: asyncio.Timeout | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -83,8 +83,8 @@ class EventStream(Response):
         return False
 
     async def _stream(self, send: Send) -> None:
-        await self._send(send, {"type": "http.response.start", "status": self.status_code,
-                                "headers": self.raw_headers})
+        await self._send(send, {"type": "http.response.start", "status": 200,
+                                "headers": list(HEADERS)})  # middlewares edit it
         try:
             async for chunk in self.chunks:
                 await self._send(send, _body(chunk, more=True))

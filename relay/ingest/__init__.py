@@ -1,2 +1,3 @@
-"""Ingest: how updates come in. Provider webhooks (`webhooks`), their verification
-(`signatures`), tracking through the API (`tracking`), and polling (`polling`)."""
+"""Ingest: how updates come in. Provider webhooks (`webhooks`), tracking (`tracking`) and
+cancelling (`cancel`) jobs, the providers' API clients (`providers`), and the `recorder`,
+the one way an update enters the store. No HTTP server here: relay.http calls these."""

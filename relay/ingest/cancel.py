@@ -1,57 +1,50 @@
-"""`POST /v1/jobs/{id}/cancel`: cancel a job at its provider (schemas that can), then record it."""
+"""Cancelling a job at its provider (for the schemas that can), then recording it."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-
-from relay.auth import Access
-from relay.errors import ApiError, PayloadError, ProviderError, StoreError
-from relay.ingest.providers import JobStatusClient, ProviderClient
+from relay.config import ProviderConfig, Providers
+from relay.errors import PayloadError, ProviderError, Refusal, Refused, StoreError
+from relay.ingest.providers import JobStatusClient, ProviderClients
 from relay.ingest.recorder import Recorder
 from relay.models import Job, Schema, Source, State, Update, utcnow
-from relay.settings import ProviderSettings, Settings
 from relay.store import Store
 
 logger = logging.getLogger(__name__)
 
 
 class Cancel:
-    """`clients(provider)` is the API client of a provider (from the poll scheduler)."""
-
-    def __init__(self, settings: Settings, store: Store, recorder: Recorder, access: Access,
-                 clients: Callable[[str], ProviderClient | None]) -> None:
-        self.settings = settings
+    def __init__(self, providers: Providers, store: Store, recorder: Recorder,
+                 clients: ProviderClients) -> None:
+        self.providers = providers
         self.store = store
         self.recorder = recorder
-        self.access = access
         self.clients = clients
 
-    async def cancel(self, request: Request) -> Response:
-        self.access.require_key(request.headers.get("authorization"))
-        job = await self.store.get(request.path_params["id"])
+    async def cancel(self, job_id: str) -> Job:
+        """The job, canceled; Refused when it cannot be."""
+        job = await self.store.get(job_id)
         if job is None:
-            raise ApiError("no such job", status=404, code="not_found")
+            raise Refused(Refusal.MISSING, "not_found", "no such job")
         if job.schema != Schema.JOBSTATUS:
             raise _not_supported(job)
         if job.terminal:
             raise _already_terminal(job)
-        provider = self.settings.providers.get(job.provider)
-        client = self.clients(job.provider)
+        provider = self.providers.get(job.provider)
+        client = self.clients.get(job.provider)
         if provider is None or not isinstance(client, JobStatusClient):
-            raise ApiError(f"provider {job.provider!r} is not configured with a base_url",
-                           status=502, code="provider_error", details={"provider": job.provider})
+            raise Refused(Refusal.UPSTREAM, "provider_error",
+                          f"provider {job.provider!r} is not configured with a base_url",
+                          {"provider": job.provider})
         await self._cancel_at_provider(provider, client, job)
         applied = await self.recorder.record(provider, _canceled(job), Source.API)
         assert applied.job is not None
         if applied.job.state is not State.CANCELED:  # it finished while we were asking
             raise _already_terminal(applied.job)
-        return JSONResponse(applied.job.to_dict())
+        return applied.job
 
-    async def _cancel_at_provider(self, provider: ProviderSettings, client: JobStatusClient,
+    async def _cancel_at_provider(self, provider: ProviderConfig, client: JobStatusClient,
                                   job: Job) -> None:
         try:
             await client.cancel(job.external_id)
@@ -59,12 +52,12 @@ class Cancel:
             if exc.status == 409:  # the provider says it is final already: learn how
                 raise _already_terminal(await self._refresh(provider, client, job)) from exc
             logger.warning("cancelling job %s at %s failed: %s", job.id, provider.name, exc)
-            raise ApiError(f"{provider.name} could not cancel the job: {exc}", status=502,
-                           code="provider_error",
-                           details={"provider": provider.name, "status": exc.status,
-                                    "retry_after": exc.retry_after}) from exc
+            raise Refused(Refusal.UPSTREAM, "provider_error",
+                          f"{provider.name} could not cancel the job: {exc}",
+                          {"provider": provider.name, "status": exc.status,
+                           "retry_after": exc.retry_after}) from exc
 
-    async def _refresh(self, provider: ProviderSettings, client: JobStatusClient,
+    async def _refresh(self, provider: ProviderConfig, client: JobStatusClient,
                        job: Job) -> Job:
         try:
             update = await client.status(job.external_id)
@@ -80,11 +73,12 @@ def _canceled(job: Job) -> Update:
                   state=State.CANCELED, received_at=utcnow())
 
 
-def _not_supported(job: Job) -> ApiError:
-    return ApiError(f"jobs of schema {job.schema!r} cannot be cancelled through the relay",
-                    status=409, code="cancel_not_supported", details={"schema": job.schema})
+def _not_supported(job: Job) -> Refused:
+    return Refused(Refusal.CONFLICT, "cancel_not_supported",
+                   f"jobs of schema {job.schema!r} cannot be cancelled through the relay",
+                   {"schema": job.schema})
 
 
-def _already_terminal(job: Job) -> ApiError:
-    return ApiError(f"the job is already {job.state.value}", status=409,
-                    code="already_terminal", details={"state": job.state.value})
+def _already_terminal(job: Job) -> Refused:
+    return Refused(Refusal.CONFLICT, "already_terminal", f"the job is already {job.state.value}",
+                   {"state": job.state.value})

@@ -1,4 +1,5 @@
-"""HTTP clients for the providers' status APIs, one per schema.
+"""HTTP clients for the providers' status APIs, one per schema, and `ProviderClients`, the
+one place the poll scheduler and the cancel command get them from.
 
 Each call answers normalised `Update`s (through `relay.normalise`) or raises `ProviderError`
 with the HTTP status (None when the provider could not be reached or timed out) and the
@@ -7,22 +8,19 @@ with the HTTP status (None when the provider could not be reached or timed out) 
 
 from __future__ import annotations
 
-import contextlib
-import email.utils
-import math
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 
+from relay.config import ProviderConfig, Providers
 from relay.errors import PayloadError, ProviderError
 from relay.models import Schema, Update, utcnow
 from relay.normalise import read_update, story
-from relay.settings import ProviderSettings, Settings
+from relay.signing import retry_after
 
-MAX_RETRY_AFTER = 900.0
 LONG_POLL_MARGIN = 10.0
 DEFAULT_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
 
@@ -38,7 +36,7 @@ class Page:
 class ProviderClient:
     """Calls one provider's API with its credentials; `status` reads one job."""
 
-    def __init__(self, provider: ProviderSettings, http: httpx.AsyncClient) -> None:
+    def __init__(self, provider: ProviderConfig, http: httpx.AsyncClient) -> None:
         if provider.base_url is None:
             raise ValueError(f"provider {provider.name} has no base_url")
         self.provider = provider
@@ -126,21 +124,38 @@ CLIENTS: dict[Schema, type[ProviderClient]] = {
 }
 
 
-def client_for(provider: ProviderSettings, http: httpx.AsyncClient) -> ProviderClient:
-    return CLIENTS[provider.schema](provider, http)
+class ProviderClients:
+    """The API client of every provider with a `base_url`, on one httpx client (`given`, or
+    one of their own sized for every provider's concurrency) from `open` to `close`."""
 
+    def __init__(self, providers: Providers, given: httpx.AsyncClient | None = None) -> None:
+        self.providers = providers
+        self._given = given
+        self._own: httpx.AsyncClient | None = None
+        self._clients: dict[str, ProviderClient] = {}
 
-@contextlib.asynccontextmanager
-async def http_client(given: httpx.AsyncClient | None, settings: Settings
-                      ) -> AsyncIterator[httpx.AsyncClient]:
-    """`given` as is, else a client sized for every provider's concurrency, closed after."""
-    if given is not None:
-        yield given
-        return
-    connections = sum(p.max_concurrency for p in settings.providers.values()) + 10
-    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-    async with httpx.AsyncClient(timeout=DEFAULT_TIMEOUT, limits=limits) as client:
-        yield client
+    def open(self) -> None:
+        http = self._given
+        if http is None:
+            connections = sum(p.max_concurrency for p in self.providers.values()) + 10
+            limits = httpx.Limits(max_connections=connections,
+                                  max_keepalive_connections=connections)
+            http = self._own = httpx.AsyncClient(timeout=DEFAULT_TIMEOUT, limits=limits)
+        self._clients = {name: CLIENTS[provider.schema](provider, http)
+                         for name, provider in self.providers.items() if provider.base_url}
+
+    async def close(self) -> None:
+        self._clients = {}
+        if self._own is not None:
+            await self._own.aclose()
+            self._own = None
+
+    def get(self, provider: str) -> ProviderClient | None:
+        """The client of `provider` (None without a base_url, or outside open..close)."""
+        return self._clients.get(provider)
+
+    def __iter__(self) -> Iterator[ProviderClient]:
+        return iter(list(self._clients.values()))
 
 
 def segment(external_id: str) -> str:
@@ -148,30 +163,6 @@ def segment(external_id: str) -> str:
     if set(external_id) <= {"."}:
         raise ProviderError(f"{external_id!r} cannot name a job in a URL path", status=404)
     return quote(external_id, safe="")
-
-
-def retry_after(value: str | None) -> float | None:
-    """Seconds from a `Retry-After` header (delta-seconds or an HTTP date), capped."""
-    if not value:
-        return None
-    seconds: float | None
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = _seconds_until(value)
-    if seconds is None or not math.isfinite(seconds):
-        return None
-    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
-
-
-def _seconds_until(date: str) -> float | None:
-    try:
-        when = email.utils.parsedate_to_datetime(date)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        return None
-    return (when - utcnow()).total_seconds()
 
 
 def _answer_error(name: str, method: str, path: str, response: httpx.Response) -> ProviderError:

@@ -7,16 +7,16 @@ import secrets
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from relay.metrics import Metrics
+from relay.config import ProviderConfig
 from relay.models import Job, Source, Update, isoformat, utcnow
 from relay.normalise import merge
-from relay.settings import ProviderSettings
+from relay.runtime.metrics import Metrics
 from relay.store import Applied, Store
 
 logger = logging.getLogger(__name__)
 
 
-def new_job(provider: ProviderSettings, external_id: str, *, topics: Sequence[str] = (),
+def new_job(provider: ProviderConfig, external_id: str, *, topics: Sequence[str] = (),
             metadata: Mapping[str, Any] | None = None, now: str) -> Job:
     """A freshly tracked job: queued, with its `job:` and `provider:` topics first."""
     job_id = secrets.token_hex(12)
@@ -35,7 +35,7 @@ class Recorder:
         self.metrics = metrics
         self._unknown_words: set[tuple[str, str]] = set()
 
-    async def record(self, provider: ProviderSettings, update: Update, source: Source,
+    async def record(self, provider: ProviderConfig, update: Update, source: Source,
                      dedupe_key: str | None = None) -> Applied:
         """Merge `update` into its job, tracking the job if it is new."""
         if update.state is None:
@@ -53,7 +53,7 @@ class Recorder:
             self.metrics.events.labels(source.value).inc()
         return applied
 
-    async def track(self, provider: ProviderSettings, external_id: str, *,
+    async def track(self, provider: ProviderConfig, external_id: str, *,
                     topics: Sequence[str] = (), metadata: Mapping[str, Any] | None = None
                     ) -> Applied:
         """Start tracking a job; `applied.event` is None when it was tracked already."""

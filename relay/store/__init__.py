@@ -6,21 +6,26 @@ one event in one transaction, then wakes `wait()`ers. A `dedupe_key` seen before
 a duplicate without calling `change`. Fan-out only reads: `read_since(cursor)` and `wait()`.
 
 Cursors are opaque strings that order events within one store; pass back only what the store
-gave. `open_store(url)` picks the backend by URL scheme and imports it lazily.
+gave: one it cannot place raises `UnknownCursor`, one older than it keeps `CursorExpired`.
+`follow(store, cursor)` (relay.store.follow) is how a component reads the log as it grows.
+`open_store(url)` picks the backend by URL scheme and imports it lazily.
 
-Optional capabilities, checked with `isinstance`: `Leases` (below) and `Outbox`
-(relay.store.outbox: outbound webhook deliveries, written in `apply`'s transaction).
+Every store owns two objects besides its log: `outbox` (relay.store.outbox: the outbound
+webhook subscriptions and the deliveries written in `apply`'s transaction) and `leases`
+(relay.store.leases: which instance does which piece of shared work; a store that serves one
+process grants everything to it).
 """
 
 from __future__ import annotations
 
 import abc
-import importlib
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
 
+from relay.errors import StoreError
 from relay.models import Event, Job, Source
+from relay.store.leases import Leases
+from relay.store.outbox import Outbox
 
 Change = Callable[[Job | None], Job | None]
 """A pure function from the current job (None when untracked) to the new one (None: no change)."""
@@ -50,6 +55,9 @@ class JobQuery:
 class Store(abc.ABC):
     """The async interface every backend implements; the contract suite in
     tests/test_store_contract.py proves they behave alike."""
+
+    outbox: Outbox
+    leases: Leases
 
     async def open(self) -> None:  # noqa: B027 - a backend with nothing to connect keeps it
         """Connect and create what is missing. Called once before use."""
@@ -91,7 +99,8 @@ class Store(abc.ABC):
     async def read_since(self, cursor: str | None, *, topics: Collection[str] | None = None,
                          limit: int = 500) -> list[Event]:
         """Events after `cursor` (from the start when None), oldest first; only those of jobs
-        with one of `topics` when given. Raises InvalidCursor for a cursor it never gave."""
+        with one of `topics` when given. Raises UnknownCursor for a cursor it never gave, and
+        CursorExpired for one older than the events it keeps."""
 
     @abc.abstractmethod
     async def last_cursor(self) -> str | None:
@@ -106,35 +115,20 @@ class Store(abc.ABC):
         """A value kept in the store: the one stored under `name`, else `generate()` stored."""
 
 
-@runtime_checkable
-class Leases(Protocol):
-    """An optional capability: stores shared by several relay instances (Redis) lease work,
-    such as polling a job, to one instance at a time. A store without it serves one process,
-    which owns all the work."""
-
-    async def claim(self, names: Sequence[str], owner: str, ttl: float) -> set[str]:
-        """Of `names`, those `owner` now holds for `ttl` seconds: the ones it held (renewed)
-        and the free ones (taken). A lease of an instance that died lapses after `ttl`."""
-
-    async def release(self, names: Sequence[str], owner: str) -> None:
-        """Give up the leases `owner` holds among `names`."""
-
-
 def open_store(url: str) -> Store:
-    """The backend for `url`: `memory://`, `sqlite:///PATH` or `redis://…` (imported lazily)."""
+    """The backend for `url`: `memory://`, `sqlite:///PATH` or `redis://…`, imported only
+    when it is the one asked for (Redis's client is not needed to run on SQLite)."""
     scheme = url.split(":", 1)[0]
-    module_name, class_name = _BACKENDS[scheme]
-    module = importlib.import_module(module_name)
-    backend: type[Store] = getattr(module, class_name)
-    return backend.from_url(url)  # type: ignore[attr-defined, no-any-return]
-
-
-_BACKENDS = {
-    "memory": ("relay.store.memory", "MemoryStore"),
-    "sqlite": ("relay.store.sqlite", "SQLiteStore"),
-    "redis": ("relay.store.redis", "RedisStore"),
-    "rediss": ("relay.store.redis", "RedisStore"),
-}
+    if scheme == "memory":
+        from relay.store.memory import MemoryStore
+        return MemoryStore()
+    if scheme == "sqlite":
+        from relay.store.sqlite import SQLiteStore
+        return SQLiteStore.from_url(url)
+    if scheme in ("redis", "rediss"):
+        from relay.store.redis import RedisStore
+        return RedisStore.from_url(url)
+    raise StoreError(f"no store for {url!r}: expected sqlite:///PATH, redis://… or memory://")
 
 
 def matches(job: Job, query: JobQuery) -> bool:

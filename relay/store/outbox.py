@@ -1,9 +1,8 @@
-"""The outbox: outbound webhook subscriptions and their deliveries (CONTRACT section 6).
+"""The outbox: outbound webhook subscriptions and their deliveries.
 
-An optional store capability (`Outbox`, checked with `isinstance` like `Leases`): the relay
-runs without it, only without outbound webhooks. Every backend has it, and with it the store
-keeps the subscriptions and, *in the same transaction that appends an event*, adds one pending
-`Delivery` for every enabled subscription whose topics the event's job carries (`*`: all). So
+Every store owns one (`store.outbox`): it keeps the subscriptions and, *in the same
+transaction that appends an event*, adds one pending `Delivery` for every enabled subscription
+whose topics the event's job carries (`*`: all). So
 a crash between "stored" and "sent" loses nothing: the delivery is in the store as soon as the
 event is, and resumes after a restart.
 
@@ -21,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol
 
 from relay.models import Event
 
@@ -143,7 +142,6 @@ class OutboxStats:
     oldest: float | None  # created_at of the oldest pending delivery
 
 
-@runtime_checkable
 class Outbox(Protocol):
     """Subscriptions and the deliveries the store adds for them with each event."""
 

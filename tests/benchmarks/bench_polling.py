@@ -50,10 +50,10 @@ def run_simulators(conn: Connection, seed: int, drop: float) -> None:
     """Child process: serve the three simulators and answer commands from `conn`."""
     import logging
 
-    from relay.server import serving
-    from relay.simulator import Fault, GenerationProvider, JobStatusProvider, StoryProvider
+    from relay.runtime.server import serving
+    from relay.sim import Fault, GenerationProvider, JobStatusProvider, StoryProvider
 
-    logging.getLogger("relay.simulator").setLevel(logging.ERROR)  # counted in sim.webhooks
+    logging.getLogger("relay.sim").setLevel(logging.ERROR)  # counted in sim.webhooks
     sims = {"story": StoryProvider(KEY, tick=0.05),
             "generation": GenerationProvider(KEY, webhook_secret=SECRET, tick=0.05, seed=seed),
             "jobstatus": JobStatusProvider(KEY, tick=0.05)}
@@ -91,7 +91,7 @@ def serve_commands(conn: Connection, sims: dict[str, Any], seed: int,
 
 def create_jobs(sim: Any, schema: str, count: int, webhook_url: str | None,
                 rng: random.Random) -> list[str]:
-    from relay.simulator import generation_timeline, jobstatus_timeline, story_timeline
+    from relay.sim import generation_timeline, jobstatus_timeline, story_timeline
 
     ids = []
     for _ in range(count):

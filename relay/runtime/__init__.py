@@ -1,0 +1,1 @@
+"""What every part runs on: the uvicorn `server`, background `tasks`, and `metrics`."""

@@ -1,0 +1,170 @@
+"""The memory backend's outbox (relay.store.outbox): plain dicts, for tests and `memory://`.
+
+`MemoryStore.apply` calls `enqueue` with each new event, in the same step that appends it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Collection, Sequence
+from typing import Any
+
+from relay.models import Event
+from relay.store.outbox import (
+    MAX_ATTEMPTS_KEPT,
+    Delivery,
+    DeliveryStatus,
+    Due,
+    OutboxStats,
+    Outcome,
+    Retried,
+    Subscription,
+)
+
+PENDING = DeliveryStatus.PENDING
+
+
+def number(delivery_id: str) -> int:
+    """The creation order of a delivery, from its id `dlv_<n>`."""
+    return int(delivery_id.removeprefix("dlv_"))
+
+
+class MemoryOutbox:
+    """Per subscription: its deliveries in creation order, and per job the queue of pending
+    ones (ids, oldest first; the first is the head)."""
+
+    def __init__(self) -> None:
+        self._subscriptions: dict[str, Subscription] = {}
+        self._deliveries: dict[str, Delivery] = {}
+        self._listed: dict[str, list[str]] = {}
+        self._queues: dict[str, dict[str, list[str]]] = {}
+        self._delivered: dict[tuple[str, str], int] = {}  # newest delivered, by (sub, job)
+        self._count = 0
+
+    def enqueue(self, event: Event) -> None:
+        now = time.time()
+        for subscription in self._subscriptions.values():
+            if subscription.enabled and subscription.wants(event.job.topics):
+                self._count += 1
+                delivery = Delivery(f"dlv_{self._count}", subscription.id, event, PENDING,
+                                    created_at=now, next_at=now, since=now)
+                self._deliveries[delivery.id] = delivery
+                self._listed[subscription.id].append(delivery.id)
+                self._queue(delivery).append(delivery.id)
+
+    def _queue(self, delivery: Delivery) -> list[str]:
+        return self._queues[delivery.subscription_id].setdefault(delivery.job_id, [])
+
+    # -- subscriptions --------------------------------------------------------------------
+
+    async def save_subscription(self, subscription: Subscription) -> None:
+        known = self._subscriptions.get(subscription.id)
+        if known is not None:
+            subscription = dataclasses.replace(subscription, created_at=known.created_at)
+        self._subscriptions[subscription.id] = subscription
+        self._listed.setdefault(subscription.id, [])
+        self._queues.setdefault(subscription.id, {})
+
+    async def subscriptions(self) -> list[Subscription]:
+        return sorted(self._subscriptions.values(), key=lambda s: (s.created_at, s.id))
+
+    async def subscription(self, subscription_id: str) -> Subscription | None:
+        return self._subscriptions.get(subscription_id)
+
+    async def delete_subscription(self, subscription_id: str) -> bool:
+        if self._subscriptions.pop(subscription_id, None) is None:
+            return False
+        for delivery_id in self._listed.pop(subscription_id):
+            del self._deliveries[delivery_id]
+        del self._queues[subscription_id]
+        for key in [key for key in self._delivered if key[0] == subscription_id]:
+            del self._delivered[key]
+        return True
+
+    async def disable_subscription(self, subscription_id: str, reason: str) -> None:
+        subscription = self._subscriptions.get(subscription_id)
+        if subscription is None:
+            return
+        self._subscriptions[subscription_id] = dataclasses.replace(
+            subscription, enabled=False, disabled_reason=reason)
+        for queue in self._queues[subscription_id].values():
+            for delivery_id in queue:
+                self._set(delivery_id, status=DeliveryStatus.FAILED, reason=reason)
+        self._queues[subscription_id] = {}
+
+    # -- deliveries -----------------------------------------------------------------------
+
+    async def due(self, subscription_id: str, now: float, limit: int,
+                  exclude: Collection[str] = ()) -> Due:
+        heads = [self._deliveries[queue[0]]
+                 for queue in self._queues.get(subscription_id, {}).values() if queue]
+        ready = sorted((d for d in heads if d.next_at <= now and d.id not in exclude),
+                       key=lambda d: (d.next_at, number(d.id)))
+        later = [d.next_at for d in heads if d.next_at > now]
+        return Due(ready[:limit], min(later, default=None))
+
+    async def finish(self, outcomes: Sequence[Outcome]) -> None:
+        for outcome in outcomes:
+            delivery = self._deliveries.get(outcome.delivery_id)
+            if delivery is not None and delivery.status is PENDING:
+                self._finish(delivery, outcome)
+
+    def _finish(self, delivery: Delivery, outcome: Outcome) -> None:
+        attempts = (*delivery.attempts, outcome.attempt)[-MAX_ATTEMPTS_KEPT:]
+        queue = self._queue(delivery)
+        if outcome.status is PENDING:
+            newer = [i for i in queue if number(i) > number(delivery.id)]
+            head = newer[-1] if newer else delivery.id
+            for delivery_id in [delivery.id, *newer[:-1]] if newer else []:
+                queue.remove(delivery_id)
+                self._set(delivery_id, status=DeliveryStatus.SUPERSEDED, superseded_by=head)
+            self._set(delivery.id, attempts=attempts)
+            self._set(head, tries=delivery.tries + 1, since=delivery.since,
+                      next_at=outcome.next_at)
+            return
+        queue.remove(delivery.id)
+        self._set(delivery.id, status=outcome.status, attempts=attempts,
+                  tries=delivery.tries + 1, reason=outcome.reason)
+        if outcome.status is DeliveryStatus.DELIVERED:
+            key = (delivery.subscription_id, delivery.job_id)
+            self._delivered[key] = max(self._delivered.get(key, 0), number(delivery.id))
+
+    def _set(self, delivery_id: str, **changes: Any) -> None:
+        self._deliveries[delivery_id] = dataclasses.replace(self._deliveries[delivery_id],
+                                                            **changes)
+
+    async def deliveries(self, subscription_id: str, limit: int = 100,
+                         status: DeliveryStatus | None = None) -> list[Delivery]:
+        found = []
+        for delivery_id in reversed(self._listed.get(subscription_id, [])):
+            delivery = self._deliveries[delivery_id]
+            if status is None or delivery.status is status:
+                found.append(delivery)
+                if len(found) == limit:
+                    break
+        return found
+
+    async def delivery(self, delivery_id: str) -> Delivery | None:
+        return self._deliveries.get(delivery_id)
+
+    async def retry_delivery(self, delivery_id: str, now: float) -> Retried:
+        delivery = self._deliveries.get(delivery_id)
+        if delivery is None:
+            return Retried.MISSING
+        if delivery.status is not DeliveryStatus.FAILED:
+            return Retried.NOT_FAILED
+        queue = self._queue(delivery)
+        n = number(delivery_id)
+        delivered = self._delivered.get((delivery.subscription_id, delivery.job_id), 0)
+        if delivered > n or any(number(i) > n for i in queue):
+            return Retried.NEWER
+        self._set(delivery_id, status=PENDING, next_at=now, tries=0, since=now, reason=None)
+        queue.append(delivery_id)
+        queue.sort(key=number)
+        return Retried.RETRIED
+
+    async def outbox_stats(self) -> OutboxStats:
+        pending = [self._deliveries[i] for queues in self._queues.values()
+                   for queue in queues.values() for i in queue]
+        return OutboxStats(len(pending), min((d.created_at for d in pending), default=None))

@@ -1,0 +1,111 @@
+"""The memory backend: everything in this process, gone at exit. For tests and `memory://`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections.abc import Callable, Collection
+
+from relay.errors import UnknownCursor
+from relay.models import Event, Job, Source
+from relay.store import Applied, Change, JobQuery, Store, matches
+from relay.store.leases import LocalLeases
+from relay.store.memory.outbox import MemoryOutbox
+
+_CURSOR = re.compile(r"[0-9]{1,19}")  # ASCII digits: str.isdigit() also takes "²"
+
+
+class MemoryStore(Store):
+    """Cursors are the decimal position of the event in the log."""
+
+    def __init__(self) -> None:
+        self._outbox = MemoryOutbox()
+        self.outbox = self._outbox
+        self.leases = LocalLeases()
+        self._jobs: dict[str, Job] = {}
+        self._by_key: dict[tuple[str, str], str] = {}
+        self._events: list[Event] = []
+        self._dedupe: set[str] = set()
+        self._secrets: dict[str, str] = {}
+        self._changed = asyncio.Event()  # set, and replaced, on each new event
+
+    async def ping(self) -> None:
+        return None
+
+    async def apply(self, provider: str, external_id: str, change: Change, *,
+                    source: Source, received_at: str, dedupe_key: str | None = None) -> Applied:
+        current = await self.find(provider, external_id)
+        if dedupe_key is not None and dedupe_key in self._dedupe:
+            return Applied(current, None, duplicate=True)
+        new = change(current)
+        if dedupe_key is not None:
+            self._dedupe.add(dedupe_key)
+        if new is None:
+            return Applied(current, None)
+        event = Event(str(len(self._events) + 1), new, source, received_at)
+        self._events.append(event)
+        self._jobs[new.id] = new
+        self._by_key[(provider, external_id)] = new.id
+        self._outbox.enqueue(event)
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+        return Applied(new, event)
+
+    async def get(self, job_id: str) -> Job | None:
+        return self._jobs.get(job_id)
+
+    async def find(self, provider: str, external_id: str) -> Job | None:
+        job_id = self._by_key.get((provider, external_id))
+        return None if job_id is None else self._jobs[job_id]
+
+    async def list_jobs(self, query: JobQuery) -> tuple[list[Job], int]:
+        found = [job for job in reversed(self._jobs.values()) if matches(job, query)]
+        return found[query.offset:query.offset + query.limit], len(found)
+
+    async def latest(self, topics: Collection[str], limit: int = 100) -> list[Event]:
+        wanted = frozenset(topics)
+        newest: dict[str, Event] = {}
+        for event in self._events:
+            if not wanted.isdisjoint(event.job.topics):
+                newest[event.job.id] = event
+        tracked = [job_id for job_id in reversed(self._jobs) if job_id in newest][:limit]
+        return sorted((newest[job_id] for job_id in tracked), key=lambda e: int(e.cursor))
+
+    async def history(self, job_id: str, limit: int = 1000) -> list[Event]:
+        return [event for event in self._events if event.job.id == job_id][:limit]
+
+    async def read_since(self, cursor: str | None, *, topics: Collection[str] | None = None,
+                         limit: int = 500) -> list[Event]:
+        wanted = None if topics is None else frozenset(topics)
+        found = []
+        for event in self._events[self._position(cursor):]:
+            if wanted is None or not wanted.isdisjoint(event.job.topics):
+                found.append(event)
+                if len(found) == limit:
+                    break
+        return found
+
+    async def last_cursor(self) -> str | None:
+        return str(len(self._events)) if self._events else None
+
+    async def wait(self, cursor: str | None, timeout: float) -> None:
+        # An Event per change, not Condition.wait_for inside wait_for: on Python 3.11 that
+        # pair can swallow a cancellation and hang shutdown.
+        position = self._position(cursor)
+        changed = self._changed
+        if len(self._events) > position:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await changed.wait()
+
+    async def secret(self, name: str, generate: Callable[[], str]) -> str:
+        return self._secrets.setdefault(name, generate())
+
+    def _position(self, cursor: str | None) -> int:
+        if cursor is None:
+            return 0
+        if not _CURSOR.fullmatch(cursor) or int(cursor) > len(self._events):
+            raise UnknownCursor(cursor)
+        return int(cursor)

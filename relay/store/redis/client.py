@@ -1,0 +1,47 @@
+"""The Redis connection the store, its outbox and its leases share: one client and its pool,
+the key prefix, and the one place `redis.RedisError` becomes `StoreError`."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from relay.errors import StoreError
+
+SOCKET_TIMEOUT = 15.0
+MAX_CONNECTIONS = 256
+POOL_WAIT = 10.0  # seconds a command waits for a pooled connection
+
+
+class Connection:
+    """`redis` is the client; `key(*parts)` names a key under the prefix."""
+
+    def __init__(self, url: str, prefix: str) -> None:
+        self.prefix = f"{prefix}:"
+        # With decode_responses every answer is a str, which redis-py's types cannot say
+        # (they are bytes | str throughout), so the client is typed loosely on purpose.
+        # A blocking pool: past MAX_CONNECTIONS a command waits for a free connection (up
+        # to POOL_WAIT) instead of failing at once, which a burst of streams opening did.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=MAX_CONNECTIONS, timeout=POOL_WAIT, decode_responses=True,
+            socket_timeout=SOCKET_TIMEOUT, socket_connect_timeout=5, health_check_interval=30)
+        self.redis: Any = aioredis.Redis(connection_pool=pool)
+
+    def key(self, *parts: str) -> str:
+        return self.prefix + ":".join(parts)
+
+    async def aclose(self) -> None:
+        await self.redis.aclose(close_connection_pool=True)  # ours: built with the client
+
+
+@contextlib.asynccontextmanager
+async def translated() -> AsyncIterator[None]:
+    """redis-py's errors become StoreError here, for every part of the Redis store."""
+    try:
+        yield
+    except RedisError as exc:
+        raise StoreError(f"Redis failed: {exc}") from exc

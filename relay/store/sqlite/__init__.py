@@ -1,0 +1,5 @@
+"""The sqlite backend (see store.py)."""
+
+from relay.store.sqlite.store import SQLiteStore
+
+__all__ = ["SQLiteStore"]
