@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from relay import __version__
 from relay.auth import Access, Tokens
 from relay.errors import ApiError, StoreError
 from relay.fanout.dashboard import Dashboard
@@ -97,7 +98,7 @@ def create_app(settings: Settings, *, store: Store | None = None,
     async def metrics_page(request: Request) -> Response:
         return Response(metrics.render(), media_type="text/plain; version=0.0.4")
 
-    api_description = document()
+    api_description = document(__version__)
 
     async def openapi_page(request: Request) -> Response:
         return JSONResponse(api_description)
