@@ -34,6 +34,7 @@ from relay.ingest.tracking import Tracking
 from relay.ingest.webhooks import WebhookReceiver
 from relay.metrics import Metrics
 from relay.openapi import document
+from relay.pages import Pages
 from relay.settings import Settings
 from relay.store import Store, open_store
 from relay.web import RequestIdMiddleware, api_error, error_response, http_error, server_error
@@ -58,6 +59,7 @@ def create_app(settings: Settings, *, store: Store | None = None,
     dashboard = Dashboard(settings, tokens)
     outbound = Outbound(settings, store, metrics)  # ConfigError here for bad [[subscriptions]]
     subscriptions = SubscriptionsApi(store, access, outbound)
+    pages = Pages()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -110,6 +112,7 @@ def create_app(settings: Settings, *, store: Store | None = None,
         Route("/readyz", readyz),
         Route("/metrics", metrics_page),
         Route("/openapi.json", openapi_page),
+        Route("/client.js", pages.client_js),
         Route("/hooks/{provider}", webhooks.receive, methods=["POST"]),
         Route("/hooks/{provider}/{token}", webhooks.receive, methods=["POST"]),
         Route("/v1/jobs", tracking.track, methods=["POST"]),
