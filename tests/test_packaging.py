@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -35,9 +36,15 @@ def test_the_changelog_describes_this_version_and_the_previous_one():
 
 @pytest.mark.slow
 def test_the_wheel_ships_py_typed_the_static_files_and_the_licence(tmp_path):
+    # Built from a copy: setuptools leaves a build/ folder in the tree it builds from.
+    source = tmp_path / "source"
+    shutil.copytree(ROOT / "relay", source / "relay",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(ROOT / name, source / name)
     result = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q",
-         "-w", str(tmp_path), str(ROOT)], capture_output=True, text=True, timeout=120)
+         "-w", str(tmp_path), str(source)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     wheel, = tmp_path.glob("jobrelay-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
