@@ -27,6 +27,7 @@ from relay.http.events import Events
 from relay.http.hooks import Hooks
 from relay.http.jobs import Jobs
 from relay.http.operations import Operations
+from relay.http.pages import Pages
 from relay.http.subscriptions import Subscriptions
 from relay.ingest.cancel import Cancel
 from relay.ingest.providers import ProviderClients
@@ -78,6 +79,7 @@ def create_app(settings: Settings, *, store: Store | None = None,
     app = application([
         Dashboard(list(providers), access, tokens),
         Operations(store, metrics, scheduler.problems),
+        Pages(),
         Hooks(ingest, server.max_body),
         Jobs(store, hub, access, tracking, cancel),
         Events(store, hub, access, tokens),

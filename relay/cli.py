@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from relay import __version__
 from relay.app import create_app
 from relay.config import Settings
 from relay.errors import ConfigError, StoreError
@@ -43,6 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="relay", description="Webhook receiver and job-status relay.")
+    parser.add_argument("--version", action="version", version=f"relay {__version__}")
     commands = parser.add_subparsers(title="commands")
     serve = commands.add_parser("serve", help="run the relay (uvicorn)")
     serve.add_argument("--config", help="TOML file (default: $RELAY_CONFIG, else ./relay.toml)")

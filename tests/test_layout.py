@@ -21,7 +21,7 @@ LAYERS = {
     "relay.polling": 5,
     "relay.http": 6,
     "relay.settings": 7, "relay.app": 7,
-    "relay.sim": 8, "relay.cli": 9, "relay.__main__": 10,
+    "relay.sim": 8, "relay.client": 8, "relay.cli": 9, "relay.__main__": 10,
 }
 """Each part of the relay and how high it sits: a module imports only from parts below its
 own, or from its own part."""

@@ -135,6 +135,15 @@ def _operations_paths() -> JSON:
         "/openapi.json": {"get": _op("This document.", {
             "200": _json({"type": "object"}, "The OpenAPI 3.1 document."),
         }, tag="operations", security=_OPEN)},
+        "/docs": {"get": _op("This document as a readable reference.", {
+            "200": {"description": "An HTML page that renders `/openapi.json`.",
+                    "content": {"text/html": {"schema": _STR}}},
+        }, tag="operations", security=_OPEN)},
+        "/client.js": {"get": _op("The browser client: `subscribe(url, {onJob, onReset, "
+                                  "onError, token})`, an ES module with no dependencies.", {
+            "200": {"description": "JavaScript, importable from any origin.",
+                    "content": {"text/javascript": {"schema": _STR}}},
+        }, tag="operations", security=_OPEN)},
     }
 
 

@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from relay import __version__
 from relay.errors import StoreError
 from relay.http.errors import error_response
 from relay.http.openapi import document
@@ -25,7 +26,7 @@ class Operations:
         self.store = store
         self.metrics = metrics
         self.problems = problems
-        self.description = document()
+        self.description = document(__version__)
 
     def routes(self) -> list[Route]:
         return [Route("/healthz", self.healthz), Route("/readyz", self.readyz),
