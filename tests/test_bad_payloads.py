@@ -211,7 +211,7 @@ def read_or_refuse(schema: Schema, value: Any) -> None:
         assert exc.status == 422 and exc.field and exc.message.startswith(exc.field)
         return
     served = [update.external_id, update.provider_status, update.progress, update.stage,
-              update.error, update.output, update.metadata, update.created_at]
+              update.error, update.output, update.provider_data, update.created_at]
     json.dumps(served, allow_nan=False, ensure_ascii=False).encode()  # as Starlette would
     assert update.progress is None or 0.0 <= update.progress <= 1.0
 

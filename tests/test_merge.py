@@ -31,11 +31,11 @@ def fresh_job(version: int = 1) -> Job:
 
 STAGES = (None, "researching", "outlining", "writing")
 OUTPUTS = (None, {"url": "a"}, {"url": "b"})
-METADATA = ({}, {"title": "t"}, {"title": "u", "user_id": "42"})
+PROVIDER_DATA = ({}, {"title": "t"}, {"title": "u", "user_id": "42"})
 
 
-def report(state: State | None, progress: int | None, stage: int, output: int, metadata: int,
-           started: bool, finished: bool) -> Update:
+def report(state: State | None, progress: int | None, stage: int, output: int,
+           provider_data: int, started: bool, finished: bool) -> Update:
     """One provider report in `state`, with the fields that state may carry."""
     terminal = state is not None and state.terminal
     return Update(
@@ -49,7 +49,7 @@ def report(state: State | None, progress: int | None, stage: int, output: int, m
         output=OUTPUTS[output] if state is State.SUCCEEDED else None,
         started_at=PROVIDER_START if started else None,
         finished_at=PROVIDER_FINISH if finished and terminal else None,
-        metadata=METADATA[metadata],
+        provider_data=PROVIDER_DATA[provider_data],
     )
 
 
@@ -226,14 +226,63 @@ def test_an_error_belongs_only_to_a_failed_or_canceled_job():
     assert done is not None and done.error is None
 
 
-def test_provider_metadata_never_breaks_on_users_metadata_named_provider():
+def test_metadata_stays_what_the_user_gave_and_provider_fields_go_to_provider_data():
+    # Once merge put the provider's fields under metadata["provider"]; now metadata is the
+    # user's alone (CONTRACT section 2), even a key of theirs named "provider".
     job = fresh_job().replace(metadata={"provider": "mine", "team": "a"})
 
     merged = merge(job, Update("ext-1", "pending", State.QUEUED, BASE,
-                               metadata={"title": "t"}))
+                               provider_data={"title": "t"}))
 
     assert merged is not None
-    assert merged.metadata == {"provider": {"title": "t"}, "team": "a"}
+    assert merged.metadata == {"provider": "mine", "team": "a"}
+    assert merged.provider_data == {"title": "t"}
+    assert merged.to_dict()["provider_data"] == {"title": "t"}
+
+
+def test_a_newer_updates_provider_data_is_laid_over_the_older():
+    first = merge(fresh_job(), Update("ext-1", "queued", State.QUEUED, BASE, provider_data={
+        "title": "Draft", "is_starred": False, "user_id": "42"}))
+    assert first is not None
+
+    second = merge(first, Update("ext-1", "running", State.RUNNING, BASE,
+                                 provider_data={"title": "Final", "is_starred": True}))
+
+    assert second is not None
+    assert second.provider_data == {"title": "Final", "is_starred": True, "user_id": "42"}
+    assert Job.from_dict(second.to_dict()) == second
+
+
+def test_a_job_stored_before_provider_data_existed_reads_with_an_empty_one():
+    served = fresh_job().replace(metadata={"team": "a"}).to_dict()
+    del served["provider_data"]
+
+    job = Job.from_dict(served)
+
+    assert (job.metadata, job.provider_data) == ({"team": "a"}, {})
+
+
+def test_a_job_stored_with_the_providers_fields_in_metadata_reads_them_as_provider_data():
+    # Before provider_data, merge kept them in metadata["provider"], a key users could not use.
+    served = fresh_job().to_dict()
+    del served["provider_data"]
+    served["metadata"] = {"team": "a", "provider": {"model": "lipsync-2"}}
+
+    job = Job.from_dict(served)
+
+    assert (job.metadata, job.provider_data) == ({"team": "a"}, {"model": "lipsync-2"})
+
+
+def test_every_error_is_served_with_code_message_fix_and_retryable():
+    # The pollers' own errors (e.g. provider_not_found) carry only a code and a message.
+    failed = merge(fresh_job(), Update("ext-1", "not_found", State.FAILED, BASE,
+                                       error={"code": "provider_not_found", "message": "gone"}))
+
+    assert failed is not None
+    assert failed.to_dict()["error"] == {"code": "provider_not_found", "message": "gone",
+                                         "fix": None, "retryable": None}
+
+
 
 
 # -- the same properties on real-shaped payloads -----------------------------------------------

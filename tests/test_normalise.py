@@ -51,7 +51,7 @@ def observed(update: Update, key: str) -> Any:
     value = getattr(update, key)
     if key == "state":
         return None if value is None else value.value
-    if key in ("error", "output", "metadata") and value is not None:
+    if key in ("error", "output", "provider_data") and value is not None:
         return dict(value)
     return value
 
@@ -114,6 +114,10 @@ def test_a_fixture_merged_into_a_fresh_job_serves_the_contract_shape(schema, pat
         assert (served["error"] is not None) is (served["state"] in ("failed", "canceled")
                                                  and update.error is not None)
         assert (served["finished_at"] is not None) is served["terminal"]
+        assert served["error"] is None or set(served["error"]) == {"code", "message", "fix",
+                                                                    "retryable"}
+        assert served["metadata"] == {}  # the user's, never the provider's
+        assert served["provider_data"] == update.provider_data
 
 
 def test_a_story_list_page_of_null_generations_is_an_empty_page():
@@ -197,6 +201,24 @@ async def test_an_unknown_word_through_the_relay_is_counted_logged_once_and_keep
     warned = [r.getMessage() for r in caplog.records if r.name == "relay.ingest.recorder"]
     assert sum("'QUANTUM_FLUX'" in message for message in warned) == 1
     assert sum("'Wibbling'" in message for message in warned) == 1
+
+
+@pytest.mark.anyio
+async def test_a_tracked_jobs_metadata_is_served_as_given_and_the_providers_fields_apart():
+    metadata = {"team": "growth", "ticket": 42}
+    body = {**payload("jobstatus", "in_progress"), "id": "meta-1"}
+    async with running_relay() as relay:
+        tracked = await relay.track("jobs", "meta-1", metadata=metadata)
+        hook = httpx.URL(tracked["webhook_url"]).path
+        response = await relay.client.post(hook, json=body)
+        job = (await relay.client.get(f"/v1/jobs/{tracked['job']['id']}")).json()
+
+    assert response.status_code == 202
+    assert job["metadata"] == metadata
+    assert job["provider_data"] == {
+        key: body[key] for key in ("title", "user_id", "project_id", "is_byok",
+                                   "reasoning_model", "writing_model", "function_model",
+                                   "is_starred")}
 
 
 # -- outgoing auth ----------------------------------------------------------------------------

@@ -96,6 +96,13 @@ def integer(payload: Mapping[str, Any], name: str, *, low: int = 0) -> int | Non
     return int(value)
 
 
+def boolean(payload: Mapping[str, Any], name: str) -> bool | None:
+    value = payload.get(name)
+    if value is not None and not isinstance(value, bool):
+        raise PayloadError(name, "expected true or false")
+    return value
+
+
 def timestamp(payload: Mapping[str, Any], name: str) -> str | None:
     """An ISO 8601 date-time, served the relay's way (UTC, `...T03:04:05.678Z`) so every
     timestamp of a job has one format; one without an offset is taken as UTC."""
@@ -172,3 +179,9 @@ def _check_string(value: object, name: str) -> None:
 def compact(**values: Any) -> dict[str, Any]:
     """The given values without the Nones; an empty dict when all are None."""
     return {key: value for key, value in values.items() if value is not None}
+
+
+def error(code: str, message: str) -> dict[str, Any]:
+    """An error in CONTRACT section 2's shape; `fix` and `retryable` stay null until a
+    catalog (or the provider) knows them."""
+    return {"code": code, "message": message, "fix": None, "retryable": None}

@@ -26,15 +26,12 @@ def read(payload: object, received_at: datetime) -> Update:
         error=_error(data, status, state),
         output=_output(data) or None,
         created_at=fields.timestamp(data, "createdAt"),
-        metadata=fields.compact(
-            project_id=fields.text(data, "projectId", limit=fields.MAX_ID),
-            model=fields.text(data, "model", limit=fields.MAX_WORD),
-        ),
+        provider_data=_provider_data(data),
     )
 
 
 def _error(data: Mapping[str, Any], status: str, state: State | None
-           ) -> dict[str, str] | None:
+           ) -> dict[str, Any] | None:
     # The polled object says `errorCode`; the webhook payload says `error_code`.
     code = fields.text(data, "errorCode", limit=fields.MAX_WORD) or fields.text(
         data, "error_code", limit=fields.MAX_WORD)
@@ -43,7 +40,7 @@ def _error(data: Mapping[str, Any], status: str, state: State | None
     if not (code or message or state is State.FAILED):
         return None
     fallback = "rejected" if rejected else "generation_failed"
-    return {"code": code or fallback, "message": message}
+    return fields.error(code or fallback, message)
 
 
 def _output(data: Mapping[str, Any]) -> dict[str, Any]:
@@ -55,4 +52,14 @@ def _output(data: Mapping[str, Any]) -> dict[str, Any]:
         segments=fields.json_list(data, "segments"),
         segmentOutputUrl=fields.text(data, "segmentOutputUrl", limit=fields.MAX_URL),
         synthesizedAudioUrl=fields.text(data, "synthesizedAudioUrl", limit=fields.MAX_URL),
+    )
+
+
+def _provider_data(data: Mapping[str, Any]) -> dict[str, Any]:
+    # Not `input`, `options` or `webhookUrl`: the first two are what the user sent, and the
+    # last may hold relay's own webhook token, which a subscriber must not be shown.
+    return fields.compact(
+        model=fields.text(data, "model", limit=fields.MAX_WORD),
+        projectId=fields.text(data, "projectId", limit=fields.MAX_ID),
+        outputFileName=fields.text(data, "outputFileName", limit=fields.MAX_TEXT),
     )

@@ -25,11 +25,7 @@ def read(payload: object, received_at: datetime) -> Update:
         stage=fields.text(data, "progress_stage", limit=fields.MAX_TEXT),
         error=_error(data, state),
         created_at=fields.timestamp(data, "created_at"),
-        metadata=fields.compact(
-            title=fields.text(data, "title"),
-            user_id=fields.text(data, "user_id", limit=fields.MAX_ID),
-            project_id=fields.text(data, "project_id", limit=fields.MAX_ID),
-        ),
+        provider_data=_provider_data(data),
     )
 
 
@@ -40,10 +36,22 @@ def _progress(data: Mapping[str, Any]) -> float | None:
     return None if value is None else value / 100
 
 
-def _error(data: Mapping[str, Any], state: State | None) -> dict[str, str] | None:
+def _error(data: Mapping[str, Any], state: State | None) -> dict[str, Any] | None:
     # The seed gives only a message; a failed job gets an error even without one.
     message = fields.text(data, "error_message") or ""
     if not message and state is not State.FAILED:
         return None
-    return {"code": "job_canceled" if state is State.CANCELED else "job_failed",
-            "message": message}
+    return fields.error("job_canceled" if state is State.CANCELED else "job_failed", message)
+
+
+def _provider_data(data: Mapping[str, Any]) -> dict[str, Any]:
+    return fields.compact(
+        title=fields.text(data, "title"),
+        user_id=fields.text(data, "user_id", limit=fields.MAX_ID),
+        project_id=fields.text(data, "project_id", limit=fields.MAX_ID),
+        is_byok=fields.boolean(data, "is_byok"),
+        reasoning_model=fields.text(data, "reasoning_model", limit=fields.MAX_ID),
+        writing_model=fields.text(data, "writing_model", limit=fields.MAX_ID),
+        function_model=fields.text(data, "function_model", limit=fields.MAX_ID),
+        is_starred=fields.boolean(data, "is_starred"),
+    )

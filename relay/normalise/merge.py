@@ -12,7 +12,8 @@ that make the order of arrival matter as little as possible:
 - an update that changes nothing is a duplicate: `merge` answers None and no event is made;
 - `version` counts the changes;
 - `started_at` and `finished_at` come from the provider when it gives them, else from the
-  receive time of the first update that implied them.
+  receive time of the first update that implied them;
+- `metadata` is the user's and never changes; a newer `provider_data` is laid over the older.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from relay.models import Job, State, Update, isoformat
+from relay.models import Job, State, Update, isoformat, job_error
 
 _RANK = {State.QUEUED: 0, State.RUNNING: 1, State.SUCCEEDED: 2, State.FAILED: 2,
          State.CANCELED: 2}
@@ -40,12 +41,12 @@ def merge(job: Job, update: Update) -> Job | None:
         provider_status=update.provider_status,
         progress=_progress(job, update, state, same_state),
         stage=_stage(job, update, same_state),
-        error=update.error if state in _WITH_ERROR else None,
+        error=_error(update, state),
         output=update.output if update.output is not None else job.output,
         created_at=update.created_at or job.created_at,
         started_at=update.started_at or job.started_at or _implied_start(state, received),
         finished_at=(update.finished_at or received) if state.terminal else None,
-        metadata=_metadata(job.metadata, update.metadata),
+        provider_data=_provider_data(job.provider_data, update.provider_data),
     )
     if merged == job:
         return None
@@ -83,10 +84,12 @@ def _implied_start(state: State, received: str) -> str | None:
     return received if state in _STARTED else None
 
 
-def _metadata(current: Mapping[str, Any], reported: Mapping[str, Any]) -> Mapping[str, Any]:
-    """What the provider says about the job lives under "provider"; the rest is the user's."""
-    if not reported:
-        return current
-    known = current.get("provider")
-    provider = {**(known if isinstance(known, Mapping) else {}), **reported}
-    return {**current, "provider": provider}
+def _error(update: Update, state: State) -> Mapping[str, Any] | None:
+    if state not in _WITH_ERROR or update.error is None:
+        return None
+    return job_error(update.error)  # every error in one shape, whoever made it
+
+
+def _provider_data(current: Mapping[str, Any], reported: Mapping[str, Any]
+                   ) -> Mapping[str, Any]:
+    return {**current, **reported} if reported else current

@@ -64,16 +64,16 @@ def _scenes(data: Mapping[str, Any]) -> tuple[int | None, int | None]:
     return done, total
 
 
-def _error(data: Mapping[str, Any], state: State | None) -> dict[str, str] | None:
+def _error(data: Mapping[str, Any], state: State | None) -> dict[str, Any] | None:
     # "Present only when status is failed"; a failed job gets an error even without one.
     error = data.get("error")
     if error is None:
-        return {"code": DEFAULT_ERROR_CODE, "message": ""} if state is State.FAILED else None
+        return fields.error(DEFAULT_ERROR_CODE, "") if state is State.FAILED else None
     error = fields.as_object(error, "error")
     with fields.within("error"):
         code = fields.text(error, "code", limit=fields.MAX_WORD)
         message = fields.text(error, "message")
-    return {"code": code or DEFAULT_ERROR_CODE, "message": message or ""}
+    return fields.error(code or DEFAULT_ERROR_CODE, message or "")
 
 
 def _output(data: Mapping[str, Any]) -> dict[str, Any] | None:
