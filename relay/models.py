@@ -55,7 +55,9 @@ class Update:
     `state` is None when the provider's status word is unknown: the job keeps its state and
     `provider_status` records the word. Timestamps are the provider's, checked and written in
     the relay's UTC form, or None. `provider_data` holds the provider's other documented
-    fields.
+    fields. `ignored` names, by path (`progress_percent`,
+    `segments[2].segmentOutputUrl`), each optional field that was left out, clamped or cut
+    because it was of the wrong type, out of range or over a cap.
     """
 
     external_id: str
@@ -70,6 +72,7 @@ class Update:
     started_at: str | None = None
     finished_at: str | None = None
     provider_data: Mapping[str, Any] = field(default_factory=dict)
+    ignored: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

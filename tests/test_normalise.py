@@ -21,6 +21,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from relay.ingest.recorder import new_job
+from relay.metrics import MAX_FIELD_LABELS, Metrics
 from relay.models import Job, Schema, State, Update, isoformat
 from relay.normalise import merge, read_update, story
 from relay.normalise.words import STATE_OF_WORD, state_of
@@ -53,6 +54,8 @@ def observed(update: Update, key: str) -> Any:
         return None if value is None else value.value
     if key in ("error", "output", "provider_data") and value is not None:
         return dict(value)
+    if key == "ignored":
+        return sorted(value)  # the fixtures list the paths sorted
     return value
 
 
@@ -118,6 +121,17 @@ def test_a_fixture_merged_into_a_fresh_job_serves_the_contract_shape(schema, pat
                                                                     "retryable"}
         assert served["metadata"] == {}  # the user's, never the provider's
         assert served["provider_data"] == update.provider_data
+
+
+@pytest.mark.parametrize(("schema", "path"), ALL_FIXTURES)
+def test_a_fixture_ignores_exactly_the_fields_it_names(schema, path):
+    document = load(path)
+    expects = document["expect"] if isinstance(document["expect"], list) else [document["expect"]]
+
+    updates = read_all(schema, document)
+
+    for update, expect in zip(updates, expects, strict=True):
+        assert sorted(update.ignored) == expect.get("ignored", []), path.stem
 
 
 def test_a_story_list_page_of_null_generations_is_an_empty_page():
@@ -219,6 +233,41 @@ async def test_a_tracked_jobs_metadata_is_served_as_given_and_the_providers_fiel
         key: body[key] for key in ("title", "user_id", "project_id", "is_byok",
                                    "reasoning_model", "writing_model", "function_model",
                                    "is_starred")}
+
+
+def ignored_counts(metrics_text: str) -> dict[tuple[str, str], float]:
+    return {(sample.labels["provider"], sample.labels["field"]): sample.value
+            for family in text_string_to_metric_families(metrics_text)
+            for sample in family.samples
+            if sample.name == "relay_payload_fields_ignored_total"}
+
+
+@pytest.mark.anyio
+async def test_ignored_fields_of_a_webhook_are_counted_by_provider_and_field_on_metrics():
+    body = {**payload("generation", "processing_with_odd_optional_fields"), "id": "odd-1"}
+    async with running_relay() as relay:
+        first = await relay.webhook(body)
+        again = await relay.webhook({**body, "progress_percent": 150})  # still 1.0: no change
+        metrics = (await relay.client.get("/metrics")).text
+
+    assert (first.status_code, again.status_code) == (202, 200)
+    counts = ignored_counts(metrics)
+    # Counted per payload received, even one that changes nothing.
+    assert {field: count for (provider, field), count in counts.items()
+            if provider == "gen"} == {"createdAt": 2.0, "error": 2.0, "errorCode": 2.0,
+                                      "outputDuration": 2.0, "progress_percent": 2.0}
+
+
+def test_ignored_field_labels_are_capped_so_odd_payloads_cannot_grow_them_without_bound():
+    metrics = Metrics()
+
+    metrics.count_ignored_fields("p", [f"field_{n}" for n in range(MAX_FIELD_LABELS + 50)])
+    metrics.count_ignored_fields("p", ["field_0", "field_140"])
+
+    counts = ignored_counts(metrics.render().decode())
+    assert len(counts) == MAX_FIELD_LABELS + 1
+    assert counts[("p", "other")] == 51.0
+    assert counts[("p", "field_0")] == 2.0
 
 
 # -- outgoing auth ----------------------------------------------------------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -14,52 +13,59 @@ from relay.normalise.words import state_of, word_key
 def read(payload: object, received_at: datetime) -> Update:
     """One generation status object (polled or pushed) as an update."""
     data = fields.as_object(payload)
-    status = fields.required_text(data, "status", fields.MAX_WORD)
+    reader = fields.Reader(data)
+    status = reader.status()
     state = state_of(status)
-    progress = fields.number(data, "progress_percent", low=0, high=100)
+    progress = reader.number("progress_percent", low=0, high=100, clamp=True)
     return Update(
-        external_id=fields.required_text(data, "id"),
+        external_id=fields.required_id(data, "id"),
         provider_status=status,
         state=state,
         received_at=received_at,
         progress=None if progress is None else progress / 100,
-        error=_error(data, status, state),
-        output=_output(data) or None,
-        created_at=fields.timestamp(data, "createdAt"),
-        provider_data=_provider_data(data),
+        error=_error(reader, status, state),
+        output=_output(reader) or None,
+        created_at=reader.timestamp("createdAt"),
+        provider_data=_provider_data(reader),
+        ignored=reader.noted(),  # arguments are evaluated in order: this one after every read
     )
 
 
-def _error(data: Mapping[str, Any], status: str, state: State | None
-           ) -> dict[str, Any] | None:
+def _error(reader: fields.Reader, status: str, state: State | None) -> dict[str, Any] | None:
     # The polled object says `errorCode`; the webhook payload says `error_code`.
-    code = fields.text(data, "errorCode", limit=fields.MAX_WORD) or fields.text(
-        data, "error_code", limit=fields.MAX_WORD)
-    message = fields.text(data, "error") or ""
-    rejected = word_key(status) == "rejected"
+    code = reader.token("errorCode") or reader.token("error_code")
+    message = reader.text("error") or ""
     if not (code or message or state is State.FAILED):
         return None
-    fallback = "rejected" if rejected else "generation_failed"
+    fallback = "rejected" if word_key(status) == "rejected" else "generation_failed"
     return fields.error(code or fallback, message)
 
 
-def _output(data: Mapping[str, Any]) -> dict[str, Any]:
+def _output(reader: fields.Reader) -> dict[str, Any]:
     # The provider's own field names, so its documentation explains the output.
     return fields.compact(
-        outputUrl=fields.text(data, "outputUrl", limit=fields.MAX_URL),
-        outputDuration=fields.number(data, "outputDuration", low=0),
-        outputFileName=fields.text(data, "outputFileName", limit=fields.MAX_TEXT),
-        segments=fields.json_list(data, "segments"),
-        segmentOutputUrl=fields.text(data, "segmentOutputUrl", limit=fields.MAX_URL),
-        synthesizedAudioUrl=fields.text(data, "synthesizedAudioUrl", limit=fields.MAX_URL),
+        outputUrl=reader.token("outputUrl", fields.MAX_URL),
+        outputDuration=reader.number("outputDuration", low=0),
+        outputFileName=reader.token("outputFileName", fields.MAX_TEXT),
+        segments=_segments(reader),
+        segmentOutputUrl=reader.token("segmentOutputUrl", fields.MAX_URL),
+        synthesizedAudioUrl=reader.token("synthesizedAudioUrl", fields.MAX_URL),
     )
 
 
-def _provider_data(data: Mapping[str, Any]) -> dict[str, Any]:
+def _provider_data(reader: fields.Reader) -> dict[str, Any]:
     # Not `input`, `options` or `webhookUrl`: the first two are what the user sent, and the
     # last may hold relay's own webhook token, which a subscriber must not be shown.
     return fields.compact(
-        model=fields.text(data, "model", limit=fields.MAX_WORD),
-        projectId=fields.text(data, "projectId", limit=fields.MAX_ID),
-        outputFileName=fields.text(data, "outputFileName", limit=fields.MAX_TEXT),
+        model=reader.token("model"),
+        projectId=reader.identifier("projectId"),
+        outputFileName=reader.token("outputFileName", fields.MAX_TEXT),
     )
+
+
+def _segments(reader: fields.Reader) -> list[Any] | None:
+    segments = reader.json("segments")
+    if segments is not None and not isinstance(segments, list):
+        reader.ignore("segments")
+        return None
+    return segments

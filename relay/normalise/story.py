@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -18,21 +17,23 @@ DEFAULT_ERROR_CODE = "story_failed"
 def read(payload: object, received_at: datetime) -> Update:
     """One story status object (`GET /v1/generate/story/{id}`, `GET /v1/jobs/{id}`)."""
     data = fields.as_object(payload)
-    status = fields.required_text(data, "status", fields.MAX_WORD)
+    reader = fields.Reader(data)
+    status = reader.status()
     state = state_of(status)
-    done, total = _scenes(data)
+    progress, stage = _progress(reader)
     return Update(
-        external_id=fields.required_text(data, "job_id"),
+        external_id=fields.required_id(data, "job_id"),
         provider_status=status,
         state=state,
         received_at=received_at,
-        progress=done / total if done is not None and total is not None else None,
-        stage=f"scene {done} of {total}" if done is not None and total is not None else None,
-        error=_error(data, state),
-        output=_output(data),
-        created_at=fields.timestamp(data, "created_at"),
-        started_at=fields.timestamp(data, "started_at"),
-        finished_at=fields.timestamp(data, "completed_at"),
+        progress=progress,
+        stage=stage,
+        error=_error(reader, state),
+        output=_output(reader),
+        created_at=reader.timestamp("created_at"),
+        started_at=reader.timestamp("started_at"),
+        finished_at=reader.timestamp("completed_at"),
+        ignored=reader.noted(),  # arguments are evaluated in order: this one after every read
     )
 
 
@@ -52,32 +53,39 @@ def read_list(payload: object, received_at: datetime) -> list[Update]:
 
 def _read_entry(item: object, name: str, received_at: datetime) -> Update:
     entry = fields.as_object(item, name)
-    with fields.within(name):
+    try:
         return read(entry, received_at)
+    except PayloadError as exc:
+        raise PayloadError(f"{name}.{exc.field}", exc.message[len(exc.field) + 2:]) from None
 
 
-def _scenes(data: Mapping[str, Any]) -> tuple[int | None, int | None]:
-    done = fields.integer(data, "scenes_completed")
-    total = fields.integer(data, "scenes_total", low=1)
+def _progress(reader: fields.Reader) -> tuple[float | None, str | None]:
+    """`scenes_completed / scenes_total`, and the stage that says it: "scene 2 of 4"."""
+    done, total = _scenes(reader)
+    if done is None or total is None:
+        return None, None
+    return done / total, f"scene {done} of {total}"
+
+
+def _scenes(reader: fields.Reader) -> tuple[int | None, int | None]:
+    done = reader.integer("scenes_completed")
+    total = reader.integer("scenes_total", low=1)  # 0 scenes gives no fraction: it says nothing
     if done is not None and total is not None and done > total:
-        raise PayloadError("scenes_completed", f"{done} is more than scenes_total {total}")
+        reader.ignore("scenes_completed")
+        done = total
     return done, total
 
 
-def _error(data: Mapping[str, Any], state: State | None) -> dict[str, Any] | None:
+def _error(reader: fields.Reader, state: State | None) -> dict[str, Any] | None:
     # "Present only when status is failed"; a failed job gets an error even without one.
-    error = data.get("error")
+    error = reader.child("error")
     if error is None:
         return fields.error(DEFAULT_ERROR_CODE, "") if state is State.FAILED else None
-    error = fields.as_object(error, "error")
-    with fields.within("error"):
-        code = fields.text(error, "code", limit=fields.MAX_WORD)
-        message = fields.text(error, "message")
-    return fields.error(code or DEFAULT_ERROR_CODE, message or "")
+    return fields.error(error.token("code") or DEFAULT_ERROR_CODE, error.text("message") or "")
 
 
-def _output(data: Mapping[str, Any]) -> dict[str, Any] | None:
-    result = fields.json_value(data, "result")
+def _output(reader: fields.Reader) -> dict[str, Any] | None:
+    result = reader.json("result")
     if result is None:
         return None
     return result if isinstance(result, dict) else {"result": result}
