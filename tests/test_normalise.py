@@ -258,6 +258,20 @@ async def test_ignored_fields_of_a_webhook_are_counted_by_provider_and_field_on_
                                       "outputDuration": 2.0, "progress_percent": 2.0}
 
 
+@pytest.mark.anyio
+async def test_ignored_fields_inside_segments_are_counted_without_their_list_index():
+    body = {**payload("generation", "completed_with_odd_segments"), "id": "odd-2"}
+    async with running_relay() as relay:
+        response = await relay.webhook(body)
+        metrics = (await relay.client.get("/metrics")).text
+
+    assert response.status_code == 202
+    counts = ignored_counts(metrics)
+    assert counts[("gen", "segments[].segmentOutputUrl")] == 1.0
+    assert counts[("gen", "segments[]")] == 2.0  # segments[2] and segments[3]
+    assert ("gen", "segments[1].segmentOutputUrl") not in counts
+
+
 def test_ignored_field_labels_are_capped_so_odd_payloads_cannot_grow_them_without_bound():
     metrics = Metrics()
 

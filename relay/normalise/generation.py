@@ -9,6 +9,8 @@ from relay.models import State, Update
 from relay.normalise import fields
 from relay.normalise.words import state_of, word_key
 
+SEGMENT_URL = "segmentOutputUrl"
+
 
 def read(payload: object, received_at: datetime) -> Update:
     """One generation status object (polled or pushed) as an update."""
@@ -48,7 +50,7 @@ def _output(reader: fields.Reader) -> dict[str, Any]:
         outputDuration=reader.number("outputDuration", low=0),
         outputFileName=reader.token("outputFileName", fields.MAX_TEXT),
         segments=_segments(reader),
-        segmentOutputUrl=reader.token("segmentOutputUrl", fields.MAX_URL),
+        segmentOutputUrl=reader.token(SEGMENT_URL, fields.MAX_URL),
         synthesizedAudioUrl=reader.token("synthesizedAudioUrl", fields.MAX_URL),
     )
 
@@ -64,8 +66,27 @@ def _provider_data(reader: fields.Reader) -> dict[str, Any]:
 
 
 def _segments(reader: fields.Reader) -> list[Any] | None:
-    segments = reader.json("segments")
-    if segments is not None and not isinstance(segments, list):
+    """The segments as given, each one on its own: an odd segment is left out, not the list."""
+    value = reader.data.get("segments")
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) > fields.MAX_ITEMS:
         reader.ignore("segments")
         return None
-    return segments
+    kept = (_segment(reader, f"segments[{index}]", item) for index, item in enumerate(value))
+    return [segment for segment in kept if segment is not None]
+
+
+def _segment(reader: fields.Reader, name: str, item: object) -> dict[str, Any] | None:
+    if not isinstance(item, dict):
+        reader.ignore(name)
+        return None
+    rest = {key: value for key, value in item.items() if key != SEGMENT_URL}
+    if not fields.fits(rest, depth=1):
+        reader.ignore(name)
+        return None
+    # A segment may carry its own output URL; one that is not a usable URL is dropped alone.
+    url = fields.Reader(item, reader.name(name), reader.ignored).token(SEGMENT_URL,
+                                                                       fields.MAX_URL)
+    return {key: url if key == SEGMENT_URL else value for key, value in item.items()
+            if key != SEGMENT_URL or url is not None}
