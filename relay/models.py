@@ -54,8 +54,9 @@ class Update:
 
     `state` is None when the provider's status word is unknown: the job keeps its state and
     `provider_status` records the word. Timestamps are the provider's, checked and written in
-    the relay's UTC form, or None. `provider_data` holds the provider's other documented
-    fields. `ignored` names, by path (`progress_percent`,
+    the relay's UTC form, or None; `updated_at` is the provider's own time of this report,
+    which lets `merge` tell a stale report from a fresh one. `provider_data` holds the
+    provider's other documented fields. `ignored` names, by path (`progress_percent`,
     `segments[2].segmentOutputUrl`), each optional field that was left out, clamped or cut
     because it was of the wrong type, out of range or over a cap.
     """
@@ -72,6 +73,7 @@ class Update:
     started_at: str | None = None
     finished_at: str | None = None
     provider_data: Mapping[str, Any] = field(default_factory=dict)
+    updated_at: str | None = None
     ignored: tuple[str, ...] = ()
 
 

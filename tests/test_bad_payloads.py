@@ -119,6 +119,7 @@ ODD = {  # provider: [(case id, body, the field ignored)]
         ("title is a 1 MB string", {**JOBS, "title": NEAR_1MB}, "title"),
         ("progress_stage is an object", {**JOBS, "progress_stage": {"a": 1}}, "progress_stage"),
         ("is_byok is text", {**JOBS, "is_byok": "no"}, "is_byok"),
+        ("updated_at is not a date", {**JOBS, "updated_at": "now"}, "updated_at"),
     ],
 }
 
@@ -287,7 +288,7 @@ def assert_servable(schema: Schema, update: Any) -> None:
     """The update, merged into a fresh job, serves as JSON the way Starlette encodes it."""
     served = [update.external_id, update.provider_status, update.progress, update.stage,
               update.error, update.output, update.provider_data, update.created_at,
-              update.started_at, update.finished_at, list(update.ignored)]
+              update.started_at, update.finished_at, update.updated_at, list(update.ignored)]
     json.dumps(served, allow_nan=False, ensure_ascii=False).encode()
     assert update.progress is None or 0.0 <= update.progress <= 1.0
     assert all(isinstance(path, str) and path for path in update.ignored)

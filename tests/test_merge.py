@@ -283,6 +283,98 @@ def test_every_error_is_served_with_code_message_fix_and_retryable():
                                          "fix": None, "retryable": None}
 
 
+# -- the provider's updated_at -------------------------------------------------------------------
+
+def at(minute: int) -> str:
+    return isoformat(BASE + timedelta(minutes=minute))
+
+
+def test_a_report_older_than_the_newest_updated_at_seen_is_stale_and_makes_no_event():
+    job = merge(fresh_job(), Update("ext-1", "in_progress", State.RUNNING, BASE, progress=0.5,
+                                    stage="writing", updated_at=at(5)))
+    assert job is not None and job.provider_data["updated_at"] == at(5)
+
+    late = Update("ext-1", "in_progress", State.RUNNING, BASE, progress=0.6, stage="outlining",
+                  updated_at=at(4))
+    late_end = Update("ext-1", "completed", State.SUCCEEDED, BASE, updated_at=at(3))
+
+    assert merge(job, late) is None
+    assert merge(job, late_end) is None
+    newer = merge(job, dataclasses.replace(late, updated_at=at(6)))
+    assert newer is not None and (newer.progress, newer.provider_data["updated_at"]) == (0.6,
+                                                                                          at(6))
+
+
+def test_the_providers_clock_moving_on_alone_makes_no_event():
+    job = merge(fresh_job(), Update("ext-1", "in_progress", State.RUNNING, BASE, progress=0.5,
+                                    updated_at=at(5)))
+    assert job is not None
+
+    assert merge(job, Update("ext-1", "in_progress", State.RUNNING, BASE, progress=0.5,
+                             updated_at=at(9))) is None
+
+
+def test_reports_without_updated_at_are_never_stale():
+    job = merge(fresh_job(), Update("ext-1", "in_progress", State.RUNNING, BASE, progress=0.5,
+                                    updated_at=at(5)))
+    assert job is not None
+
+    done = merge(job, Update("ext-1", "completed", State.SUCCEEDED, BASE))
+
+    assert done is not None and done.state is State.SUCCEEDED
+    assert done.provider_data["updated_at"] == at(5)  # the newest seen is kept
+
+
+@given(st.lists(st.tuples(st.sampled_from(NON_TERMINAL + TERMINAL), st.integers(0, 100)),
+                min_size=1, max_size=8), st.randoms(use_true_random=False))
+@examples
+def test_no_report_older_than_one_already_taken_is_ever_taken(reports, rng):
+    updates = [dataclasses.replace(report(state, progress, 0, 0, 0, False, False),
+                                   updated_at=at(minute))
+               for minute, (state, progress) in enumerate(reports)]
+    order = list(range(len(updates)))
+    rng.shuffle(order)
+
+    trace = fold(fresh_job(), arrive(updates, order))
+
+    newest = None
+    for update, _, after in trace:
+        if after is None:
+            continue
+        assert newest is None or update.updated_at >= newest
+        newest = update.updated_at
+        assert after.provider_data["updated_at"] == newest
+
+
+# -- jobstatus cancelling ------------------------------------------------------------------------
+
+def jobstatus(name: str, **changes) -> dict:
+    body = json.loads((PAYLOADS / "jobstatus" / f"{name}.json").read_text())["payload"]
+    return {**body, **changes}
+
+
+def test_a_cancelling_job_keeps_running_and_may_still_complete():
+    running = merge(fresh_job(), read_update(Schema.JOBSTATUS, jobstatus("in_progress"), BASE))
+    assert running is not None
+
+    cancelling = merge(running, read_update(Schema.JOBSTATUS, jobstatus("cancelling"), BASE))
+    assert cancelling is not None
+    assert (cancelling.state, cancelling.terminal, cancelling.stage) == (
+        State.RUNNING, False, "cancelling")
+    done = merge(cancelling, read_update(Schema.JOBSTATUS, jobstatus("completed"), BASE))
+
+    assert done is not None
+    assert (done.state, done.terminal, done.finished_at) == (
+        State.SUCCEEDED, True, "2026-03-01T10:04:00.000Z")
+
+
+def test_a_cancelling_job_that_stops_becomes_canceled():
+    cancelling = merge(fresh_job(), read_update(Schema.JOBSTATUS, jobstatus("cancelling"), BASE))
+    assert cancelling is not None
+
+    stopped = merge(cancelling, read_update(Schema.JOBSTATUS, jobstatus("cancelled"), BASE))
+
+    assert stopped is not None and (stopped.state, stopped.terminal) == (State.CANCELED, True)
 
 
 # -- the same properties on real-shaped payloads -----------------------------------------------

@@ -120,7 +120,9 @@ def test_a_fixture_merged_into_a_fresh_job_serves_the_contract_shape(schema, pat
         assert served["error"] is None or set(served["error"]) == {"code", "message", "fix",
                                                                     "retryable"}
         assert served["metadata"] == {}  # the user's, never the provider's
-        assert served["provider_data"] == update.provider_data
+        assert served["provider_data"] == {
+            **update.provider_data, **({"updated_at": update.updated_at}
+                                       if update.updated_at else {})}
 
 
 @pytest.mark.parametrize(("schema", "path"), ALL_FIXTURES)
@@ -143,10 +145,12 @@ def test_a_story_list_page_of_null_generations_is_an_empty_page():
 
 USUAL_WORDS = {
     State.QUEUED: ["queued", "pending", "created", "submitted", "waiting", "scheduled", "new"],
-    State.RUNNING: ["in_progress", "processing", "running", "generating", "started", "active"],
+    # A job being cancelled still runs until the provider says it stopped (issue 13).
+    State.RUNNING: ["in_progress", "processing", "running", "generating", "started", "active",
+                    "canceling", "cancelling"],
     State.SUCCEEDED: ["completed", "succeeded", "success", "done", "complete", "finished"],
     State.FAILED: ["failed", "error", "errored", "rejected", "failure", "timed_out"],
-    State.CANCELED: ["cancelled", "canceled", "canceling", "cancelling"],
+    State.CANCELED: ["cancelled", "canceled"],
 }
 
 
@@ -232,7 +236,26 @@ async def test_a_tracked_jobs_metadata_is_served_as_given_and_the_providers_fiel
     assert job["provider_data"] == {
         key: body[key] for key in ("title", "user_id", "project_id", "is_byok",
                                    "reasoning_model", "writing_model", "function_model",
-                                   "is_starred")}
+                                   "is_starred")} | {"updated_at": "2026-03-01T10:02:30.000Z"}
+
+
+@pytest.mark.anyio
+async def test_a_jobstatus_report_older_than_one_seen_makes_no_event_through_the_relay():
+    newer = {**payload("jobstatus", "in_progress"), "id": "stale-1"}
+    older = {**payload("jobstatus", "percent_complete_only"), "id": "stale-1",
+             "percent_complete": 90}  # further along, but reported before the newer one
+    async with running_relay() as relay:
+        tracked = await relay.track("jobs", "stale-1")
+        hook = httpx.URL(tracked["webhook_url"]).path
+        answers = [(await relay.client.post(hook, json=body)).status_code
+                   for body in (newer, older)]
+        job_id = tracked["job"]["id"]
+        history = (await relay.client.get(f"/v1/jobs/{job_id}/history")).json()["events"]
+        job = (await relay.client.get(f"/v1/jobs/{job_id}")).json()
+
+    assert answers == [202, 200]
+    assert len(history) == 2  # tracking, then the newer report
+    assert (job["progress"], job["stage"]) == (0.755, "generating_work")
 
 
 def ignored_counts(metrics_text: str) -> dict[tuple[str, str], float]:

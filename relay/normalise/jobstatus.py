@@ -7,7 +7,9 @@ from typing import Any
 
 from relay.models import State, Update
 from relay.normalise import fields
-from relay.normalise.words import state_of
+from relay.normalise.words import is_cancelling, state_of
+
+CANCELLING_STAGE = "cancelling"
 
 
 def read(payload: object, received_at: datetime) -> Update:
@@ -16,16 +18,20 @@ def read(payload: object, received_at: datetime) -> Update:
     reader = fields.Reader(data)
     status = reader.status()
     state = state_of(status)
+    updated_at = reader.timestamp("updated_at")
     return Update(
         external_id=fields.required_id(data, "id"),
         provider_status=status,
         state=state,
         received_at=received_at,
         progress=_progress(reader),
-        stage=reader.text("progress_stage"),
+        stage=_stage(reader, status),
         error=_error(reader, state),
         created_at=reader.timestamp("created_at"),
+        # The seed has no finish time; a final report's last update is when the job ended.
+        finished_at=updated_at if state is not None and state.terminal else None,
         provider_data=_provider_data(reader),
+        updated_at=updated_at,
         ignored=reader.noted(),  # arguments are evaluated in order: this one after every read
     )
 
@@ -36,6 +42,12 @@ def _progress(reader: fields.Reader) -> float | None:
     percent = reader.number("percent_complete", low=0, high=100, clamp=True)
     value = progress if progress is not None else percent
     return None if value is None else value / 100
+
+
+def _stage(reader: fields.Reader, status: str) -> str | None:
+    stage = reader.text("progress_stage")
+    # A job being cancelled still runs (it may yet complete); the stage says what it does.
+    return CANCELLING_STAGE if is_cancelling(status) else stage
 
 
 def _error(reader: fields.Reader, state: State | None) -> dict[str, Any] | None:
