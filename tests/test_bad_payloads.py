@@ -342,14 +342,20 @@ def test_any_object_with_a_non_empty_string_id_and_status_normalises_for_every_s
     assert_servable(schema, update)
 
 
-@given(st.fixed_dictionaries({}, optional={"generations": JSON | st.lists(shaped(Schema.STORY),
-                                                                          max_size=3),
+@given(st.fixed_dictionaries({}, optional={"generations": JSON | st.lists(shaped(Schema.STORY)
+                                                                          | JSON, max_size=4),
                                            "total": JSON}))
 @settings(max_examples=50, suppress_health_check=[HealthCheck.too_slow])
-def test_the_story_list_reader_raises_only_payload_errors(value):
+def test_the_story_list_reader_refuses_only_a_page_that_is_no_list(value):
     try:
-        updates = story.read_list(value, NOW)
+        page = story.read_list(value, NOW)
     except PayloadError as exc:
-        assert exc.field.startswith(("payload", "generations"))
+        assert exc.field in ("payload", "generations")
         return
-    assert all(update.external_id for update in updates)
+    entries = value.get("generations") or []
+    assert len(page.updates) + len(page.unreadable) == len(entries)
+    assert all(update.external_id for update in page.updates)
+    for entry in page.unreadable:
+        assert entry.problem.startswith(f"generations[{entry.index}]")
+        if entry.external_id is not None:  # the id the entry gave, so it can be read alone
+            assert entry.external_id == fields.required_id(entries[entry.index], "job_id")

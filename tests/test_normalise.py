@@ -8,6 +8,7 @@ way; and the webhook route is shown to produce exactly what the adapters and `me
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import random
@@ -20,6 +21,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from relay.errors import PayloadError
+from relay.ingest.providers import StoryClient
 from relay.ingest.recorder import new_job
 from relay.metrics import MAX_FIELD_LABELS, Metrics
 from relay.models import Job, Schema, State, Update, isoformat
@@ -61,7 +64,7 @@ def observed(update: Update, key: str) -> Any:
 
 def read_all(schema: Schema, document: dict[str, Any]) -> list[Update]:
     if isinstance(document["expect"], list):  # a story `GET /v1/jobs` page
-        return story.read_list(document["payload"], NOW)
+        return list(story.read_list(document["payload"], NOW).updates)
     return [read_update(schema, document["payload"], NOW)]
 
 
@@ -136,9 +139,74 @@ def test_a_fixture_ignores_exactly_the_fields_it_names(schema, path):
         assert sorted(update.ignored) == expect.get("ignored", []), path.stem
 
 
+@pytest.mark.parametrize("path", [path for path in fixtures("story")
+                                  if isinstance(load(path)["expect"], list)],
+                         ids=lambda path: path.stem)
+def test_a_story_list_page_reports_the_entries_it_could_not_read(path):
+    document = load(path)
+
+    page = story.read_list(document["payload"], NOW)
+
+    assert [dataclasses.asdict(entry) for entry in page.unreadable] == document.get(
+        "unreadable", [])
+
+
 def test_a_story_list_page_of_null_generations_is_an_empty_page():
-    assert story.read_list({"generations": None, "total": 0, "limit": 20, "offset": 0}, NOW) == []
-    assert story.read_list({"total": 0}, NOW) == []
+    empty = story.ListPage()
+    assert story.read_list({"generations": None, "total": 0, "limit": 20, "offset": 0},
+                           NOW) == empty
+    assert story.read_list({"total": 0}, NOW) == empty
+
+
+def test_a_story_list_page_longer_than_relay_asks_for_is_read_whole():
+    entry = payload("story", "processing_with_scenes")
+    page = {"generations": [{**entry, "job_id": f"job-{n}"} for n in range(250)],
+            "total": 250, "limit": 20, "offset": 0}
+
+    listed = story.read_list(page, NOW)
+
+    assert [u.external_id for u in listed.updates] == [f"job-{n}" for n in range(250)]
+    assert listed.unreadable == ()
+
+
+def test_entries_past_the_protective_cap_are_reported_with_their_ids_not_dropped():
+    entries = [{"job_id": f"job-{n}", "status": "pending"} for n in range(story.MAX_LIST + 2)]
+
+    listed = story.read_list({"generations": entries}, NOW)
+
+    past = story.MAX_LIST
+    assert len(listed.updates) == past
+    assert [(u.index, u.external_id) for u in listed.unreadable] == [
+        (past, f"job-{past}"), (past + 1, f"job-{past + 1}")]
+
+
+@pytest.mark.anyio
+async def test_a_story_providers_page_serves_the_readable_entries_and_names_the_rest():
+    document = load(PAYLOADS / "story" / "list_page_with_unreadable_entries.json")
+    asked = []
+
+    def provider(request: httpx.Request) -> httpx.Response:
+        asked.append(dict(request.url.params))
+        return httpx.Response(200, json=document["payload"])
+
+    settings = provider_settings("story", base_url="https://stories.example")
+    async with httpx.AsyncClient(transport=httpx.MockTransport(provider)) as http:
+        page = await StoryClient(settings, http).page(20, 0)
+
+    assert asked == [{"limit": "20", "offset": "0"}]
+    assert [u.external_id for u in page.updates] == [e["external_id"]
+                                                    for e in document["expect"]]
+    assert [(u.index, u.external_id) for u in page.unreadable] == [
+        (e["index"], e["external_id"]) for e in document["unreadable"]]
+    assert page.total == 4
+
+
+@pytest.mark.parametrize("page", [[], "page", None, {"generations": {"job_id": "a"}},
+                                  {"generations": "none"}])
+def test_only_a_page_that_is_no_object_or_whose_generations_is_no_list_is_refused(page):
+    with pytest.raises(PayloadError) as refused:
+        story.read_list(page, NOW)
+    assert refused.value.field in ("payload", "generations")
 
 
 # -- status words -----------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -10,8 +11,28 @@ from relay.models import State, Update
 from relay.normalise import fields
 from relay.normalise.words import state_of
 
-MAX_LIST = 100
+# Protection only: far above any `limit` relay asks for (the seed documents no maximum), and
+# entries past it are reported unreadable, so their jobs are still read one by one.
+MAX_LIST = 5000
 DEFAULT_ERROR_CODE = "story_failed"
+
+
+@dataclass(frozen=True, slots=True)
+class Unreadable:
+    """A list entry that could not be read: where it is, its job id when that much could be
+    read (so the job can be read on its own), and what was wrong."""
+
+    index: int
+    external_id: str | None
+    problem: str
+
+
+@dataclass(frozen=True, slots=True)
+class ListPage:
+    """One `GET /v1/jobs` page read entry by entry: one bad entry spoils only itself."""
+
+    updates: tuple[Update, ...] = ()
+    unreadable: tuple[Unreadable, ...] = ()
 
 
 def read(payload: object, received_at: datetime) -> Update:
@@ -37,26 +58,38 @@ def read(payload: object, received_at: datetime) -> Update:
     )
 
 
-def read_list(payload: object, received_at: datetime) -> list[Update]:
-    """The `GET /v1/jobs` page: `{"generations": [...], "total", "limit", "offset"}`."""
+def read_list(payload: object, received_at: datetime) -> ListPage:
+    """The `GET /v1/jobs` page: `{"generations": [...], "total", "limit", "offset"}`. Only a
+    page that is not an object, or whose `generations` is not a list, is refused."""
     data = fields.as_object(payload)
     items = data.get("generations")
     if items is None:  # the seed allows `null` for an empty page
-        return []
+        return ListPage()
     if not isinstance(items, list):
         raise PayloadError("generations", "expected a list")
-    if len(items) > MAX_LIST:
-        raise PayloadError("generations", f"more than {MAX_LIST} entries")
-    return [_read_entry(item, f"generations[{index}]", received_at)
-            for index, item in enumerate(items)]
+    entries = [_entry(item, index, received_at) for index, item in enumerate(items)]
+    return ListPage(tuple(e for e in entries if isinstance(e, Update)),
+                    tuple(e for e in entries if isinstance(e, Unreadable)))
 
 
-def _read_entry(item: object, name: str, received_at: datetime) -> Update:
-    entry = fields.as_object(item, name)
+def _entry(item: object, index: int, received_at: datetime) -> Update | Unreadable:
+    name = f"generations[{index}]"
+    if not isinstance(item, dict):
+        return Unreadable(index, None, f"{name}: expected a JSON object")
+    if index >= MAX_LIST:
+        return Unreadable(index, _entry_id(item), f"{name}: past the {MAX_LIST} entries "
+                                                  "relay reads of one page")
     try:
-        return read(entry, received_at)
+        return read(item, received_at)
     except PayloadError as exc:
-        raise PayloadError(f"{name}.{exc.field}", exc.message[len(exc.field) + 2:]) from None
+        return Unreadable(index, _entry_id(item), f"{name}.{exc.message}")
+
+
+def _entry_id(item: dict[str, Any]) -> str | None:
+    try:
+        return fields.required_id(item, "job_id")
+    except PayloadError:
+        return None
 
 
 def _progress(reader: fields.Reader) -> tuple[float | None, str | None]:
