@@ -73,18 +73,17 @@ class Reader:
     path of each field that was not taken as sent; nested readers share it."""
 
     def __init__(self, data: Mapping[str, Any], path: str = "",
-                 ignored: list[str] | None = None) -> None:
+                 ignored: dict[str, None] | None = None) -> None:
         self.data = data
         self.path = path
-        self.ignored: list[str] = [] if ignored is None else ignored
+        # A dict as an ordered set: a thousand odd segments must not cost a quadratic scan.
+        self.ignored: dict[str, None] = {} if ignored is None else ignored
 
     def name(self, key: str) -> str:
         return f"{self.path}.{key}" if self.path else key
 
     def ignore(self, key: str) -> None:
-        name = self.name(key)
-        if name not in self.ignored:
-            self.ignored.append(name)
+        self.ignored[self.name(key)] = None
 
     def noted(self) -> tuple[str, ...]:
         return tuple(self.ignored)
