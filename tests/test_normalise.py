@@ -359,7 +359,7 @@ async def test_ignored_fields_inside_segments_are_counted_without_their_list_ind
     assert response.status_code == 202
     counts = ignored_counts(metrics)
     assert counts[("gen", "segments[].segmentOutputUrl")] == 1.0
-    assert counts[("gen", "segments[]")] == 2.0  # segments[2] and segments[3]
+    assert counts[("gen", "segments[]")] == 1.0  # segments[3], nested past the depth cap
     assert ("gen", "segments[1].segmentOutputUrl") not in counts
 
 

@@ -66,26 +66,35 @@ def _provider_data(reader: fields.Reader) -> dict[str, Any]:
 
 
 def _segments(reader: fields.Reader) -> list[Any] | None:
-    """The segments as given, each one on its own: an odd segment is left out, not the list."""
+    """The segments as given, each one on its own: one past the caps is left out, not the
+    list. Seed 001 says objects, but anything else servable is passed on as the provider
+    sent it, as the output always was."""
     value = reader.data.get("segments")
     if value is None:
         return None
     if not isinstance(value, list) or len(value) > fields.MAX_ITEMS:
         reader.ignore("segments")
         return None
-    kept = (_segment(reader, f"segments[{index}]", item) for index, item in enumerate(value))
-    return [segment for segment in kept if segment is not None]
+    kept: list[Any] = []
+    for index, item in enumerate(value):
+        name = f"segments[{index}]"
+        if fields.fits(_without_url(item), depth=1):
+            kept.append(_checked_url(reader, name, item))
+        else:
+            reader.ignore(name)
+    return kept
 
 
-def _segment(reader: fields.Reader, name: str, item: object) -> dict[str, Any] | None:
+def _without_url(item: Any) -> Any:
     if not isinstance(item, dict):
-        reader.ignore(name)
-        return None
-    rest = {key: value for key, value in item.items() if key != SEGMENT_URL}
-    if not fields.fits(rest, depth=1):
-        reader.ignore(name)
-        return None
-    # A segment may carry its own output URL; one that is not a usable URL is dropped alone.
+        return item
+    return {key: value for key, value in item.items() if key != SEGMENT_URL}
+
+
+def _checked_url(reader: fields.Reader, name: str, item: Any) -> Any:
+    """A segment may carry its own output URL; one that is no usable URL is dropped alone."""
+    if not isinstance(item, dict) or item.get(SEGMENT_URL) is None:
+        return item
     url = fields.Reader(item, reader.name(name), reader.ignored).token(SEGMENT_URL,
                                                                        fields.MAX_URL)
     return {key: url if key == SEGMENT_URL else value for key, value in item.items()
