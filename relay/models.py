@@ -54,7 +54,11 @@ class Update:
 
     `state` is None when the provider's status word is unknown: the job keeps its state and
     `provider_status` records the word. Timestamps are the provider's, checked and written in
-    the relay's UTC form, or None.
+    the relay's UTC form, or None; `updated_at` is the provider's own time of this report,
+    which lets `merge` tell a stale report from a fresh one. `provider_data` holds the
+    provider's other documented fields. `ignored` names, by path (`progress_percent`,
+    `segments[2].segmentOutputUrl`), each optional field that was left out, clamped or cut
+    because it was of the wrong type, out of range or over a cap.
     """
 
     external_id: str
@@ -63,17 +67,20 @@ class Update:
     received_at: datetime
     progress: float | None = None
     stage: str | None = None
-    error: Mapping[str, str] | None = None
+    error: Mapping[str, Any] | None = None
     output: Mapping[str, Any] | None = None
     created_at: str | None = None
     started_at: str | None = None
     finished_at: str | None = None
-    metadata: Mapping[str, Any] = field(default_factory=dict)
+    provider_data: Mapping[str, Any] = field(default_factory=dict)
+    updated_at: str | None = None
+    ignored: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class Job:
-    """The normalised job of CONTRACT section 2."""
+    """The normalised job of CONTRACT section 2. `metadata` is the user's, as tracked;
+    `provider_data` is what the provider reported besides the mapped fields."""
 
     id: str
     provider: str
@@ -83,10 +90,11 @@ class Job:
     provider_status: str | None = None
     progress: float | None = None
     stage: str | None = None
-    error: Mapping[str, str] | None = None
+    error: Mapping[str, Any] | None = None
     output: Mapping[str, Any] | None = None
     topics: tuple[str, ...] = ()
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    provider_data: Mapping[str, Any] = field(default_factory=dict)
     created_at: str | None = None
     started_at: str | None = None
     finished_at: str | None = None
@@ -111,10 +119,11 @@ class Job:
             "provider_status": self.provider_status,
             "progress": self.progress,
             "stage": self.stage,
-            "error": dict(self.error) if self.error is not None else None,
+            "error": job_error(self.error) if self.error is not None else None,
             "output": dict(self.output) if self.output is not None else None,
             "topics": list(self.topics),
             "metadata": dict(self.metadata),
+            "provider_data": dict(self.provider_data),
             "created_at": self.created_at,
             "started_at": self.started_at,
             "finished_at": self.finished_at,
@@ -124,6 +133,7 @@ class Job:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Job:
+        metadata, provider_data = _split_legacy(data)
         return cls(
             id=data["id"],
             provider=data["provider"],
@@ -136,7 +146,8 @@ class Job:
             error=data.get("error"),
             output=data.get("output"),
             topics=tuple(data.get("topics") or ()),
-            metadata=data.get("metadata") or {},
+            metadata=metadata,
+            provider_data=provider_data,
             created_at=data.get("created_at"),
             started_at=data.get("started_at"),
             finished_at=data.get("finished_at"),
@@ -161,6 +172,26 @@ class Event:
             "source": self.source.value,
             "job": self.job.to_dict(),
         }
+
+
+def _split_legacy(data: Mapping[str, Any]) -> tuple[Mapping[str, Any], Mapping[str, Any]]:
+    """`metadata` and `provider_data` of a stored job. Jobs stored before `provider_data`
+    existed kept the provider's fields in `metadata["provider"]` (a key tracking refused to
+    users), so there it is moved out, and metadata is again only what the user gave."""
+    metadata = data.get("metadata") or {}
+    if "provider_data" in data:
+        return metadata, data["provider_data"] or {}
+    legacy = metadata.get("provider")
+    if not isinstance(legacy, Mapping):
+        return metadata, {}
+    return {k: v for k, v in metadata.items() if k != "provider"}, dict(legacy)
+
+
+def job_error(error: Mapping[str, Any]) -> JSON:
+    """An error in the shape CONTRACT section 2 serves: `code`, `message`, `fix`, `retryable`
+    (the last two null when unknown), whatever subset of them it was made with."""
+    return {"code": error.get("code") or "", "message": error.get("message") or "",
+            "fix": error.get("fix"), "retryable": error.get("retryable")}
 
 
 def isoformat(moment: datetime) -> str:

@@ -161,9 +161,13 @@ async def test_sqlite_store_can_be_given_ready_made(tmp_path):
         assert await store.find("gen", "given") is not None
 
 
-async def test_tracking_refuses_metadata_that_would_collide_with_the_providers_report():
+async def test_tracking_keeps_metadata_exactly_as_given_even_a_provider_key():
     async with running_relay() as relay:
         response = await relay.client.post("/v1/jobs", json={
             "provider": "gen", "external_id": "m", "metadata": {"provider": "mine"}})
-        assert response.status_code == 422
-        assert response.json()["details"] == {"field": "metadata"}
+        assert response.status_code == 201
+        assert response.json()["job"]["metadata"] == {"provider": "mine"}
+        await relay.webhook({"id": "m", "status": "PROCESSING", "model": "lipsync-2"})
+        job = (await relay.client.get(f"/v1/jobs/{response.json()['job']['id']}")).json()
+        assert (job["metadata"], job["provider_data"]["model"]) == ({"provider": "mine"},
+                                                                    "lipsync-2")

@@ -413,14 +413,31 @@ async def test_an_unknown_provider_is_404_unknown_provider():
 
 
 @pytest.mark.parametrize("payload", [{"status": "PROCESSING"}, {"id": "x"}, ["a", "list"],
-                                     {"id": "x", "status": "PROCESSING", "progress_percent": 900},
                                      {"id": {"nested": 1}, "status": "PROCESSING"}])
-async def test_a_signed_payload_that_does_not_fit_the_schema_is_422_invalid_payload(payload):
+async def test_a_signed_payload_without_an_id_or_status_is_422_invalid_payload(payload):
     async with asgi_relay() as relay:
         body = encode(payload)
         response = await post(relay.client, "/hooks/gen", body, sync_headers(body))
         assert_refused(response, 422, "invalid_payload")
         assert await nothing_stored(relay)
+
+
+async def test_a_signed_payload_with_an_out_of_range_optional_field_is_202_with_the_rest_kept():
+    # Until issue 13 progress_percent 900 was a 422 and the whole update was lost.
+    payload = {"id": "x", "status": "PROCESSING", "progress_percent": 900, "model": "lipsync-2",
+               "createdAt": "2026-03-01T10:00:00Z", "outputDuration": "long"}
+    async with asgi_relay() as relay:
+        body = encode(payload)
+
+        response = await post(relay.client, "/hooks/gen", body, sync_headers(body))
+
+        assert response.status_code == 202, response.text
+        job = (await relay.client.get(f"/v1/jobs/{response.json()['job_id']}")).json()
+        assert (job["state"], job["provider_status"], job["progress"]) == (
+            "running", "PROCESSING", 1.0)
+        assert job["created_at"] == "2026-03-01T10:00:00.000Z"
+        assert job["provider_data"] == {"model": "lipsync-2"}
+        assert job["output"] is None
 
 
 async def test_a_body_over_the_cap_is_413_whether_declared_or_streamed():

@@ -31,11 +31,11 @@ def fresh_job(version: int = 1) -> Job:
 
 STAGES = (None, "researching", "outlining", "writing")
 OUTPUTS = (None, {"url": "a"}, {"url": "b"})
-METADATA = ({}, {"title": "t"}, {"title": "u", "user_id": "42"})
+PROVIDER_DATA = ({}, {"title": "t"}, {"title": "u", "user_id": "42"})
 
 
-def report(state: State | None, progress: int | None, stage: int, output: int, metadata: int,
-           started: bool, finished: bool) -> Update:
+def report(state: State | None, progress: int | None, stage: int, output: int,
+           provider_data: int, started: bool, finished: bool) -> Update:
     """One provider report in `state`, with the fields that state may carry."""
     terminal = state is not None and state.terminal
     return Update(
@@ -49,7 +49,7 @@ def report(state: State | None, progress: int | None, stage: int, output: int, m
         output=OUTPUTS[output] if state is State.SUCCEEDED else None,
         started_at=PROVIDER_START if started else None,
         finished_at=PROVIDER_FINISH if finished and terminal else None,
-        metadata=METADATA[metadata],
+        provider_data=PROVIDER_DATA[provider_data],
     )
 
 
@@ -226,14 +226,155 @@ def test_an_error_belongs_only_to_a_failed_or_canceled_job():
     assert done is not None and done.error is None
 
 
-def test_provider_metadata_never_breaks_on_users_metadata_named_provider():
+def test_metadata_stays_what_the_user_gave_and_provider_fields_go_to_provider_data():
+    # Once merge put the provider's fields under metadata["provider"]; now metadata is the
+    # user's alone (CONTRACT section 2), even a key of theirs named "provider".
     job = fresh_job().replace(metadata={"provider": "mine", "team": "a"})
 
     merged = merge(job, Update("ext-1", "pending", State.QUEUED, BASE,
-                               metadata={"title": "t"}))
+                               provider_data={"title": "t"}))
 
     assert merged is not None
-    assert merged.metadata == {"provider": {"title": "t"}, "team": "a"}
+    assert merged.metadata == {"provider": "mine", "team": "a"}
+    assert merged.provider_data == {"title": "t"}
+    assert merged.to_dict()["provider_data"] == {"title": "t"}
+
+
+def test_a_newer_updates_provider_data_is_laid_over_the_older():
+    first = merge(fresh_job(), Update("ext-1", "queued", State.QUEUED, BASE, provider_data={
+        "title": "Draft", "is_starred": False, "user_id": "42"}))
+    assert first is not None
+
+    second = merge(first, Update("ext-1", "running", State.RUNNING, BASE,
+                                 provider_data={"title": "Final", "is_starred": True}))
+
+    assert second is not None
+    assert second.provider_data == {"title": "Final", "is_starred": True, "user_id": "42"}
+    assert Job.from_dict(second.to_dict()) == second
+
+
+def test_a_job_stored_before_provider_data_existed_reads_with_an_empty_one():
+    served = fresh_job().replace(metadata={"team": "a"}).to_dict()
+    del served["provider_data"]
+
+    job = Job.from_dict(served)
+
+    assert (job.metadata, job.provider_data) == ({"team": "a"}, {})
+
+
+def test_a_job_stored_with_the_providers_fields_in_metadata_reads_them_as_provider_data():
+    # Before provider_data, merge kept them in metadata["provider"], a key users could not use.
+    served = fresh_job().to_dict()
+    del served["provider_data"]
+    served["metadata"] = {"team": "a", "provider": {"model": "lipsync-2"}}
+
+    job = Job.from_dict(served)
+
+    assert (job.metadata, job.provider_data) == ({"team": "a"}, {"model": "lipsync-2"})
+
+
+def test_every_error_is_served_with_code_message_fix_and_retryable():
+    # The pollers' own errors (e.g. provider_not_found) carry only a code and a message.
+    failed = merge(fresh_job(), Update("ext-1", "not_found", State.FAILED, BASE,
+                                       error={"code": "provider_not_found", "message": "gone"}))
+
+    assert failed is not None
+    assert failed.to_dict()["error"] == {"code": "provider_not_found", "message": "gone",
+                                         "fix": None, "retryable": None}
+
+
+# -- the provider's updated_at -------------------------------------------------------------------
+
+def at(minute: int) -> str:
+    return isoformat(BASE + timedelta(minutes=minute))
+
+
+def test_a_report_older_than_the_newest_updated_at_seen_is_stale_and_makes_no_event():
+    job = merge(fresh_job(), Update("ext-1", "in_progress", State.RUNNING, BASE, progress=0.5,
+                                    stage="writing", updated_at=at(5)))
+    assert job is not None and job.provider_data["updated_at"] == at(5)
+
+    late = Update("ext-1", "in_progress", State.RUNNING, BASE, progress=0.6, stage="outlining",
+                  updated_at=at(4))
+    late_end = Update("ext-1", "completed", State.SUCCEEDED, BASE, updated_at=at(3))
+
+    assert merge(job, late) is None
+    assert merge(job, late_end) is None
+    newer = merge(job, dataclasses.replace(late, updated_at=at(6)))
+    assert newer is not None and (newer.progress, newer.provider_data["updated_at"]) == (0.6,
+                                                                                          at(6))
+
+
+def test_the_providers_clock_moving_on_alone_makes_no_event():
+    job = merge(fresh_job(), Update("ext-1", "in_progress", State.RUNNING, BASE, progress=0.5,
+                                    updated_at=at(5)))
+    assert job is not None
+
+    assert merge(job, Update("ext-1", "in_progress", State.RUNNING, BASE, progress=0.5,
+                             updated_at=at(9))) is None
+
+
+def test_reports_without_updated_at_are_never_stale():
+    job = merge(fresh_job(), Update("ext-1", "in_progress", State.RUNNING, BASE, progress=0.5,
+                                    updated_at=at(5)))
+    assert job is not None
+
+    done = merge(job, Update("ext-1", "completed", State.SUCCEEDED, BASE))
+
+    assert done is not None and done.state is State.SUCCEEDED
+    assert done.provider_data["updated_at"] == at(5)  # the newest seen is kept
+
+
+@given(st.lists(st.tuples(st.sampled_from(NON_TERMINAL + TERMINAL), st.integers(0, 100)),
+                min_size=1, max_size=8), st.randoms(use_true_random=False))
+@examples
+def test_no_report_older_than_one_already_taken_is_ever_taken(reports, rng):
+    updates = [dataclasses.replace(report(state, progress, 0, 0, 0, False, False),
+                                   updated_at=at(minute))
+               for minute, (state, progress) in enumerate(reports)]
+    order = list(range(len(updates)))
+    rng.shuffle(order)
+
+    trace = fold(fresh_job(), arrive(updates, order))
+
+    newest = None
+    for update, _, after in trace:
+        if after is None:
+            continue
+        assert newest is None or update.updated_at >= newest
+        newest = update.updated_at
+        assert after.provider_data["updated_at"] == newest
+
+
+# -- jobstatus cancelling ------------------------------------------------------------------------
+
+def jobstatus(name: str, **changes) -> dict:
+    body = json.loads((PAYLOADS / "jobstatus" / f"{name}.json").read_text())["payload"]
+    return {**body, **changes}
+
+
+def test_a_cancelling_job_keeps_running_and_may_still_complete():
+    running = merge(fresh_job(), read_update(Schema.JOBSTATUS, jobstatus("in_progress"), BASE))
+    assert running is not None
+
+    cancelling = merge(running, read_update(Schema.JOBSTATUS, jobstatus("cancelling"), BASE))
+    assert cancelling is not None
+    assert (cancelling.state, cancelling.terminal, cancelling.stage) == (
+        State.RUNNING, False, "cancelling")
+    done = merge(cancelling, read_update(Schema.JOBSTATUS, jobstatus("completed"), BASE))
+
+    assert done is not None
+    assert (done.state, done.terminal, done.finished_at) == (
+        State.SUCCEEDED, True, "2026-03-01T10:04:00.000Z")
+
+
+def test_a_cancelling_job_that_stops_becomes_canceled():
+    cancelling = merge(fresh_job(), read_update(Schema.JOBSTATUS, jobstatus("cancelling"), BASE))
+    assert cancelling is not None
+
+    stopped = merge(cancelling, read_update(Schema.JOBSTATUS, jobstatus("cancelled"), BASE))
+
+    assert stopped is not None and (stopped.state, stopped.terminal) == (State.CANCELED, True)
 
 
 # -- the same properties on real-shaped payloads -----------------------------------------------

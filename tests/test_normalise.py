@@ -8,6 +8,7 @@ way; and the webhook route is shown to produce exactly what the adapters and `me
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import random
@@ -20,10 +21,13 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from relay.errors import PayloadError
+from relay.ingest.providers import StoryClient
 from relay.ingest.recorder import new_job
 from relay.models import Job, Schema, State, Update, isoformat
 from relay.normalise import merge, read_update, story
 from relay.normalise.words import STATE_OF_WORD, state_of
+from relay.runtime.metrics import MAX_FIELD_LABELS, Metrics
 from relay.settings import parse_settings
 from tests.support import make_settings, running_relay
 
@@ -51,14 +55,16 @@ def observed(update: Update, key: str) -> Any:
     value = getattr(update, key)
     if key == "state":
         return None if value is None else value.value
-    if key in ("error", "output", "metadata") and value is not None:
+    if key in ("error", "output", "provider_data") and value is not None:
         return dict(value)
+    if key == "ignored":
+        return sorted(value)  # the fixtures list the paths sorted
     return value
 
 
 def read_all(schema: Schema, document: dict[str, Any]) -> list[Update]:
     if isinstance(document["expect"], list):  # a story `GET /v1/jobs` page
-        return story.read_list(document["payload"], NOW)
+        return list(story.read_list(document["payload"], NOW).updates)
     return [read_update(schema, document["payload"], NOW)]
 
 
@@ -114,21 +120,105 @@ def test_a_fixture_merged_into_a_fresh_job_serves_the_contract_shape(schema, pat
         assert (served["error"] is not None) is (served["state"] in ("failed", "canceled")
                                                  and update.error is not None)
         assert (served["finished_at"] is not None) is served["terminal"]
+        assert served["error"] is None or set(served["error"]) == {"code", "message", "fix",
+                                                                    "retryable"}
+        assert served["metadata"] == {}  # the user's, never the provider's
+        assert served["provider_data"] == {
+            **update.provider_data, **({"updated_at": update.updated_at}
+                                       if update.updated_at else {})}
+
+
+@pytest.mark.parametrize(("schema", "path"), ALL_FIXTURES)
+def test_a_fixture_ignores_exactly_the_fields_it_names(schema, path):
+    document = load(path)
+    expects = document["expect"] if isinstance(document["expect"], list) else [document["expect"]]
+
+    updates = read_all(schema, document)
+
+    for update, expect in zip(updates, expects, strict=True):
+        assert sorted(update.ignored) == expect.get("ignored", []), path.stem
+
+
+@pytest.mark.parametrize("path", [path for path in fixtures("story")
+                                  if isinstance(load(path)["expect"], list)],
+                         ids=lambda path: path.stem)
+def test_a_story_list_page_reports_the_entries_it_could_not_read(path):
+    document = load(path)
+
+    page = story.read_list(document["payload"], NOW)
+
+    assert [dataclasses.asdict(entry) for entry in page.unreadable] == document.get(
+        "unreadable", [])
 
 
 def test_a_story_list_page_of_null_generations_is_an_empty_page():
-    assert story.read_list({"generations": None, "total": 0, "limit": 20, "offset": 0}, NOW) == []
-    assert story.read_list({"total": 0}, NOW) == []
+    empty = story.ListPage()
+    assert story.read_list({"generations": None, "total": 0, "limit": 20, "offset": 0},
+                           NOW) == empty
+    assert story.read_list({"total": 0}, NOW) == empty
+
+
+def test_a_story_list_page_longer_than_relay_asks_for_is_read_whole():
+    entry = payload("story", "processing_with_scenes")
+    page = {"generations": [{**entry, "job_id": f"job-{n}"} for n in range(250)],
+            "total": 250, "limit": 20, "offset": 0}
+
+    listed = story.read_list(page, NOW)
+
+    assert [u.external_id for u in listed.updates] == [f"job-{n}" for n in range(250)]
+    assert listed.unreadable == ()
+
+
+def test_entries_past_the_protective_cap_are_reported_with_their_ids_not_dropped():
+    entries = [{"job_id": f"job-{n}", "status": "pending"} for n in range(story.MAX_LIST + 2)]
+
+    listed = story.read_list({"generations": entries}, NOW)
+
+    past = story.MAX_LIST
+    assert len(listed.updates) == past
+    assert [(u.index, u.external_id) for u in listed.unreadable] == [
+        (past, f"job-{past}"), (past + 1, f"job-{past + 1}")]
+
+
+@pytest.mark.anyio
+async def test_a_story_providers_page_serves_the_readable_entries_and_names_the_rest():
+    document = load(PAYLOADS / "story" / "list_page_with_unreadable_entries.json")
+    asked = []
+
+    def provider(request: httpx.Request) -> httpx.Response:
+        asked.append(dict(request.url.params))
+        return httpx.Response(200, json=document["payload"])
+
+    settings = provider_settings("story", base_url="https://stories.example")
+    async with httpx.AsyncClient(transport=httpx.MockTransport(provider)) as http:
+        page = await StoryClient(settings, http).page(20, 0)
+
+    assert asked == [{"limit": "20", "offset": "0"}]
+    assert [u.external_id for u in page.updates] == [e["external_id"]
+                                                    for e in document["expect"]]
+    assert [(u.index, u.external_id) for u in page.unreadable] == [
+        (e["index"], e["external_id"]) for e in document["unreadable"]]
+    assert page.total == 4
+
+
+@pytest.mark.parametrize("page", [[], "page", None, {"generations": {"job_id": "a"}},
+                                  {"generations": "none"}])
+def test_only_a_page_that_is_no_object_or_whose_generations_is_no_list_is_refused(page):
+    with pytest.raises(PayloadError) as refused:
+        story.read_list(page, NOW)
+    assert refused.value.field in ("payload", "generations")
 
 
 # -- status words -----------------------------------------------------------------------------
 
 USUAL_WORDS = {
     State.QUEUED: ["queued", "pending", "created", "submitted", "waiting", "scheduled", "new"],
-    State.RUNNING: ["in_progress", "processing", "running", "generating", "started", "active"],
+    # A job being cancelled still runs until the provider says it stopped (issue 13).
+    State.RUNNING: ["in_progress", "processing", "running", "generating", "started", "active",
+                    "canceling", "cancelling"],
     State.SUCCEEDED: ["completed", "succeeded", "success", "done", "complete", "finished"],
     State.FAILED: ["failed", "error", "errored", "rejected", "failure", "timed_out"],
-    State.CANCELED: ["cancelled", "canceled", "canceling", "cancelling"],
+    State.CANCELED: ["cancelled", "canceled"],
 }
 
 
@@ -197,6 +287,92 @@ async def test_an_unknown_word_through_the_relay_is_counted_logged_once_and_keep
     warned = [r.getMessage() for r in caplog.records if r.name == "relay.ingest.recorder"]
     assert sum("'QUANTUM_FLUX'" in message for message in warned) == 1
     assert sum("'Wibbling'" in message for message in warned) == 1
+
+
+@pytest.mark.anyio
+async def test_a_tracked_jobs_metadata_is_served_as_given_and_the_providers_fields_apart():
+    metadata = {"team": "growth", "ticket": 42}
+    body = {**payload("jobstatus", "in_progress"), "id": "meta-1"}
+    async with running_relay() as relay:
+        tracked = await relay.track("jobs", "meta-1", metadata=metadata)
+        hook = httpx.URL(tracked["webhook_url"]).path
+        response = await relay.client.post(hook, json=body)
+        job = (await relay.client.get(f"/v1/jobs/{tracked['job']['id']}")).json()
+
+    assert response.status_code == 202
+    assert job["metadata"] == metadata
+    assert job["provider_data"] == {
+        key: body[key] for key in ("title", "user_id", "project_id", "is_byok",
+                                   "reasoning_model", "writing_model", "function_model",
+                                   "is_starred")} | {"updated_at": "2026-03-01T10:02:30.000Z"}
+
+
+@pytest.mark.anyio
+async def test_a_jobstatus_report_older_than_one_seen_makes_no_event_through_the_relay():
+    newer = {**payload("jobstatus", "in_progress"), "id": "stale-1"}
+    older = {**payload("jobstatus", "percent_complete_only"), "id": "stale-1",
+             "percent_complete": 90}  # further along, but reported before the newer one
+    async with running_relay() as relay:
+        tracked = await relay.track("jobs", "stale-1")
+        hook = httpx.URL(tracked["webhook_url"]).path
+        answers = [(await relay.client.post(hook, json=body)).status_code
+                   for body in (newer, older)]
+        job_id = tracked["job"]["id"]
+        history = (await relay.client.get(f"/v1/jobs/{job_id}/history")).json()["events"]
+        job = (await relay.client.get(f"/v1/jobs/{job_id}")).json()
+
+    assert answers == [202, 200]
+    assert len(history) == 2  # tracking, then the newer report
+    assert (job["progress"], job["stage"]) == (0.755, "generating_work")
+
+
+def ignored_counts(metrics_text: str) -> dict[tuple[str, str], float]:
+    return {(sample.labels["provider"], sample.labels["field"]): sample.value
+            for family in text_string_to_metric_families(metrics_text)
+            for sample in family.samples
+            if sample.name == "relay_payload_fields_ignored_total"}
+
+
+@pytest.mark.anyio
+async def test_ignored_fields_of_a_webhook_are_counted_by_provider_and_field_on_metrics():
+    body = {**payload("generation", "processing_with_odd_optional_fields"), "id": "odd-1"}
+    async with running_relay() as relay:
+        first = await relay.webhook(body)
+        again = await relay.webhook({**body, "progress_percent": 150})  # still 1.0: no change
+        metrics = (await relay.client.get("/metrics")).text
+
+    assert (first.status_code, again.status_code) == (202, 200)
+    counts = ignored_counts(metrics)
+    # Counted per payload received, even one that changes nothing.
+    assert {field: count for (provider, field), count in counts.items()
+            if provider == "gen"} == {"createdAt": 2.0, "error": 2.0, "errorCode": 2.0,
+                                      "outputDuration": 2.0, "progress_percent": 2.0}
+
+
+@pytest.mark.anyio
+async def test_ignored_fields_inside_segments_are_counted_without_their_list_index():
+    body = {**payload("generation", "completed_with_odd_segments"), "id": "odd-2"}
+    async with running_relay() as relay:
+        response = await relay.webhook(body)
+        metrics = (await relay.client.get("/metrics")).text
+
+    assert response.status_code == 202
+    counts = ignored_counts(metrics)
+    assert counts[("gen", "segments[].segmentOutputUrl")] == 1.0
+    assert counts[("gen", "segments[]")] == 1.0  # segments[3], nested past the depth cap
+    assert ("gen", "segments[1].segmentOutputUrl") not in counts
+
+
+def test_ignored_field_labels_are_capped_so_odd_payloads_cannot_grow_them_without_bound():
+    metrics = Metrics()
+
+    metrics.count_ignored_fields("p", [f"field_{n}" for n in range(MAX_FIELD_LABELS + 50)])
+    metrics.count_ignored_fields("p", ["field_0", "field_140"])
+
+    counts = ignored_counts(metrics.render().decode())
+    assert len(counts) == MAX_FIELD_LABELS + 1
+    assert counts[("p", "other")] == 51.0
+    assert counts[("p", "field_0")] == 2.0
 
 
 # -- outgoing auth ----------------------------------------------------------------------------

@@ -132,6 +132,4 @@ def _metadata(body: dict[str, Any]) -> dict[str, Any]:
     metadata = body.get("metadata", {})
     if not isinstance(metadata, dict) or len(json.dumps(metadata)) > METADATA_BYTES:
         raise invalid("metadata", f"expected an object of at most {METADATA_BYTES} bytes")
-    if "provider" in metadata:
-        raise invalid("metadata", "the key 'provider' holds what the provider reports")
     return metadata

@@ -361,10 +361,18 @@ def _job_schemas() -> JSON:
             "provider_status": _nullable(_STR),
             "progress": _nullable({"type": "number", "minimum": 0, "maximum": 1}),
             "stage": _nullable(_STR),
-            "error": _nullable(_object(["code", "message"], {"code": _STR, "message": _STR})),
+            "error": _nullable(_object(["code", "message", "fix", "retryable"], {
+                "code": _STR, "message": _STR,
+                "fix": {**_nullable(_STR), "description": "What to do about it, from the "
+                        "provider's error catalog where it has one."},
+                "retryable": {**_nullable({"type": "boolean"}),
+                              "description": "Whether trying the job again may succeed; null "
+                                             "when unknown."}})),
             "output": _nullable({"type": "object"}),
             "topics": {"type": "array", "items": _STR},
-            "metadata": {"type": "object"},
+            "metadata": {"type": "object", "description": "Exactly what tracking was given."},
+            "provider_data": {"type": "object", "description": "The provider's other "
+                              "documented fields, as it sent them."},
             "created_at": timestamp, "started_at": timestamp, "finished_at": timestamp,
             "updated_at": timestamp,
             "version": {"type": "integer", "minimum": 0},

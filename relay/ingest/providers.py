@@ -27,10 +27,12 @@ DEFAULT_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
 
 @dataclass(frozen=True, slots=True)
 class Page:
-    """One `GET /v1/jobs` page of a story provider."""
+    """One `GET /v1/jobs` page of a story provider. `unreadable` are its entries that could
+    not be read (with their job id when it could be): such a job must be read on its own."""
 
     updates: list[Update]
     total: int
+    unreadable: tuple[story.Unreadable, ...] = ()
 
 
 class ProviderClient:
@@ -82,11 +84,11 @@ class StoryClient(ProviderClient):
         """`GET /v1/jobs?limit&offset`: the provider's jobs, newest first."""
         payload = await self.call("GET", "/v1/jobs",
                                   params={"limit": str(limit), "offset": str(offset)})
-        updates = story.read_list(payload, utcnow())
+        listed = story.read_list(payload, utcnow())
         total = payload.get("total") if isinstance(payload, dict) else None
         if isinstance(total, bool) or not isinstance(total, int):
-            total = offset + len(updates)
-        return Page(updates, total)
+            total = offset + len(listed.updates) + len(listed.unreadable)
+        return Page(list(listed.updates), total, listed.unreadable)
 
 
 class GenerationClient(ProviderClient):

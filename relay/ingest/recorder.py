@@ -40,6 +40,10 @@ class Recorder:
         """Merge `update` into its job, tracking the job if it is new."""
         if update.state is None:
             self._unknown_word(provider.name, update.provider_status)
+        if update.ignored:
+            logger.debug("provider %s sent job %s with fields relay ignored: %s",
+                         provider.name, update.external_id, ", ".join(update.ignored))
+            self.metrics.count_ignored_fields(provider.name, update.ignored)
         received = isoformat(update.received_at)
 
         def change(current: Job | None) -> Job | None:

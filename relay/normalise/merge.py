@@ -9,28 +9,34 @@ that make the order of arrival matter as little as possible:
 - `progress` never goes backwards within a state, and an update behind the job's progress
   does not move the `stage` back either;
 - `error` belongs to a failed or canceled job only;
+- a report whose provider `updated_at` is older than the newest the job has seen is stale and
+  changes nothing (that newest time is kept in `provider_data["updated_at"]`);
 - an update that changes nothing is a duplicate: `merge` answers None and no event is made;
+  the provider's `updated_at` moving on while nothing else changes is no news either;
 - `version` counts the changes;
 - `started_at` and `finished_at` come from the provider when it gives them, else from the
-  receive time of the first update that implied them.
+  receive time of the first update that implied them;
+- `metadata` is the user's and never changes; a newer `provider_data` is laid over the older.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
-from relay.models import Job, State, Update, isoformat
+from relay.models import Job, State, Update, isoformat, job_error
 
 _RANK = {State.QUEUED: 0, State.RUNNING: 1, State.SUCCEEDED: 2, State.FAILED: 2,
          State.CANCELED: 2}
 _STARTED = frozenset({State.RUNNING, State.SUCCEEDED})
 _WITH_ERROR = frozenset({State.FAILED, State.CANCELED})
+NEWEST = "updated_at"  # in provider_data: the newest provider time the job has seen
 
 
 def merge(job: Job, update: Update) -> Job | None:
     """The job after `update`, or None when the update changes nothing."""
-    if job.terminal or _behind(job.state, update.state):
+    if job.terminal or _behind(job.state, update.state) or _stale(job, update):
         return None
     state = update.state or job.state
     same_state = state is job.state
@@ -40,14 +46,14 @@ def merge(job: Job, update: Update) -> Job | None:
         provider_status=update.provider_status,
         progress=_progress(job, update, state, same_state),
         stage=_stage(job, update, same_state),
-        error=update.error if state in _WITH_ERROR else None,
+        error=_error(update, state),
         output=update.output if update.output is not None else job.output,
         created_at=update.created_at or job.created_at,
         started_at=update.started_at or job.started_at or _implied_start(state, received),
         finished_at=(update.finished_at or received) if state.terminal else None,
-        metadata=_metadata(job.metadata, update.metadata),
+        provider_data=_provider_data(job.provider_data, update),
     )
-    if merged == job:
+    if _without_newest(merged) == _without_newest(job):
         return None
     return merged.replace(version=job.version + 1, updated_at=received)
 
@@ -83,10 +89,37 @@ def _implied_start(state: State, received: str) -> str | None:
     return received if state in _STARTED else None
 
 
-def _metadata(current: Mapping[str, Any], reported: Mapping[str, Any]) -> Mapping[str, Any]:
-    """What the provider says about the job lives under "provider"; the rest is the user's."""
-    if not reported:
+def _error(update: Update, state: State) -> Mapping[str, Any] | None:
+    if state not in _WITH_ERROR or update.error is None:
+        return None
+    return job_error(update.error)  # every error in one shape, whoever made it
+
+
+def _stale(job: Job, update: Update) -> bool:
+    seen = _moment(job.provider_data.get(NEWEST))
+    reported = _moment(update.updated_at)
+    return seen is not None and reported is not None and reported < seen
+
+
+def _moment(value: object) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _provider_data(current: Mapping[str, Any], update: Update) -> Mapping[str, Any]:
+    newest = {NEWEST: update.updated_at} if update.updated_at else {}
+    if not (update.provider_data or newest):
         return current
-    known = current.get("provider")
-    provider = {**(known if isinstance(known, Mapping) else {}), **reported}
-    return {**current, "provider": provider}
+    return {**current, **update.provider_data, **newest}
+
+
+def _without_newest(job: Job) -> Job:
+    if NEWEST not in job.provider_data:
+        return job
+    return job.replace(provider_data={key: value for key, value in job.provider_data.items()
+                                      if key != NEWEST})

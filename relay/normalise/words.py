@@ -16,13 +16,15 @@ _WORDS: dict[State, tuple[str, ...]] = {
     State.QUEUED: ("queued", "pending", "created", "submitted", "waiting", "scheduled",
                    "accepted", "new", "starting", "in_queue", "enqueued", "not_started",
                    "initializing", "initialising", "preparing"),
+    # A job being cancelled has not stopped yet, and may still complete: it is running.
     State.RUNNING: ("running", "processing", "in_progress", "started", "generating", "active",
-                    "working", "rendering", "uploading", "finalizing", "progress"),
+                    "working", "rendering", "uploading", "finalizing", "progress",
+                    "cancelling", "canceling"),
     State.SUCCEEDED: ("succeeded", "success", "successful", "completed", "complete", "done",
                       "finished", "ready"),
     State.FAILED: ("failed", "failure", "error", "errored", "rejected", "timeout", "timed_out",
                    "expired", "aborted"),
-    State.CANCELED: ("canceled", "cancelled", "cancel", "canceling", "cancelling", "stopped"),
+    State.CANCELED: ("canceled", "cancelled", "cancel", "stopped"),
 }
 
 STATE_OF_WORD: dict[str, State] = {word: state for state, words in _WORDS.items()
@@ -34,6 +36,11 @@ _SEPARATORS = re.compile(r"[\s\-_]+")
 def word_key(word: str) -> str:
     """A status word in the form the tables use: lower case, one `_` between its parts."""
     return _SEPARATORS.sub("_", word.casefold()).strip("_")
+
+
+def is_cancelling(word: str) -> bool:
+    """Whether a status word says the job is being cancelled (and so still running)."""
+    return word_key(word) in ("cancelling", "canceling")
 
 
 def state_of(word: str) -> State | None:

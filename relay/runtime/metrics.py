@@ -3,7 +3,13 @@ share counts). Every name starts with `relay_`."""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+MAX_FIELD_LABELS = 100
+_INDEX = re.compile(r"\[\d+\]")
 
 
 class Metrics:
@@ -15,6 +21,12 @@ class Metrics:
         self.unknown_status = Counter("relay_unknown_status_words",
                                       "Provider status words the relay does not know",
                                       ["provider", "word"], registry=r)
+        self.fields_ignored = Counter(
+            "relay_payload_fields_ignored",
+            "Optional payload fields left out, clamped or cut (wrong type, out of range, "
+            "over a cap), by provider and field path",
+            ["provider", "field"], registry=r)
+        self._field_labels: set[tuple[str, str]] = set()
         self.events = Counter("relay_events", "Job events stored, by source", ["source"],
                               registry=r)
         self.polls = Counter("relay_polls", "Provider polls by provider and outcome",
@@ -48,6 +60,17 @@ class Metrics:
                                       registry=r)
         self.outbound_oldest = Gauge("relay_outbound_oldest_pending_seconds",
                                      "Age of the oldest pending outbound delivery", registry=r)
+
+    def count_ignored_fields(self, provider: str, paths: Iterable[str]) -> None:
+        """Count each ignored field once. Paths become labels with their list indices dropped
+        (`segments[].segmentOutputUrl`), and past a hundred distinct ones count as "other",
+        so a provider sending odd payloads cannot grow the label set without bound."""
+        for path in paths:
+            label = (provider, _INDEX.sub("[]", path))
+            if label not in self._field_labels and len(self._field_labels) < MAX_FIELD_LABELS:
+                self._field_labels.add(label)
+            field = label[1] if label in self._field_labels else "other"
+            self.fields_ignored.labels(provider, field).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
