@@ -7,6 +7,7 @@ import asyncio
 import gc
 import logging
 import os
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -71,13 +72,20 @@ def _serve(args: argparse.Namespace) -> int:
     asyncio.run(_check_store(settings))
     app = create_app(settings)
     _tune_gc()
-    sock = bind(settings.server.host, settings.server.port)
+    sock = _listen(settings.server.host, settings.server.port)
     logger.info("relay listening on http://%s:%s (store %s)", settings.server.host,
                 sock.getsockname()[1], settings.server.store)
     # Above info the access log is off, not just filtered: its line is built per request.
     make_server(app, log_level=args.log_level,
                 access_log=args.log_level in ("debug", "info")).run(sockets=[sock])
     return 0
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    try:
+        return bind(host, port)
+    except OSError as exc:  # a busy port, an address not on this machine, no permission
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
 def _tune_gc() -> None:

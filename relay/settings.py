@@ -18,6 +18,8 @@ from relay.config import ProviderConfig, ServerConfig, Settings, SubscriptionCon
 from relay.errors import ConfigError
 from relay.models import Schema
 
+MIN_SECRET = 16
+"""Characters a secret or API key has at least when the relay is reachable from elsewhere."""
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -142,6 +144,8 @@ def _store_url(url: str) -> str:
 
 
 def _check_exposure(server: ServerConfig) -> None:
+    """Bound anywhere but loopback, the relay needs a secret and API keys, and long ones: a
+    short secret or key can be guessed from the outside."""
     if server.loopback:
         return
     if not server.secret:
@@ -149,6 +153,13 @@ def _check_exposure(server: ServerConfig) -> None:
     if not server.api_keys:
         raise ConfigError(
             "server.api_keys: required when not bound to loopback (set RELAY_API_KEYS)")
+    if len(server.secret) < MIN_SECRET:
+        raise ConfigError(f"server.secret: at least {MIN_SECRET} characters when not bound to "
+                          "loopback")
+    for index, key in enumerate(server.api_keys):
+        if len(key) < MIN_SECRET:
+            raise ConfigError(f"server.api_keys[{index}]: at least {MIN_SECRET} characters "
+                              "when not bound to loopback")
 
 
 # -- providers and subscriptions ------------------------------------------------------------

@@ -23,7 +23,7 @@ from tests.support import free_port
 
 ROOT = Path(__file__).parent.parent
 DEPLOY = ROOT / "deploy"
-SECRETS = {"RELAY_SECRET": "deploy-test-secret", "RELAY_API_KEYS": "deploy-test-key"}
+SECRETS = {"RELAY_SECRET": "deploy-test-secret", "RELAY_API_KEYS": "deploy-test-api-key"}
 
 
 def instructions(dockerfile: Path) -> list[tuple[str, str]]:

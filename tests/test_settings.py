@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
 import sys
 
@@ -66,6 +68,10 @@ def test_port_is_honoured_and_relay_port_wins(tmp_path):
     ('[server]\nstore = "postgres://x"', {}, "server.store: expected"),
     ('[server]\nhost = "0.0.0.0"', {}, "server.secret: required when not bound to loopback"),
     ('[server]\nhost = "0.0.0.0"\nsecret = "s"', {}, "server.api_keys: required"),
+    ('[server]\nhost = "0.0.0.0"\nsecret = "s"\napi_keys = ["a-long-enough-api-key"]', {},
+     "server.secret: at least 16 characters"),
+    ('[server]\nhost = "0.0.0.0"\nsecret = "a-long-enough-secret"\napi_keys = ["k"]', {},
+     "server.api_keys[0]: at least 16 characters"),
     ('[[subscriptions]]\nurl = "ftp://x"', {}, "subscriptions[0].url"),
     ("not toml [", {}, "invalid TOML"),
 ])
@@ -93,3 +99,29 @@ def test_relay_serve_fails_at_startup_with_one_line(tmp_path, toml, message):
     assert result.returncode == 2
     assert result.stderr.strip().startswith(message)
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def serve(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "relay", "serve", *args], capture_output=True,
+                          text=True, timeout=30, env={**os.environ, **(env or {})})
+
+
+def test_an_unreachable_store_fails_startup_with_one_line_before_listening(tmp_path):
+    result = serve("--config", str(write(tmp_path, "")),
+                   env={"RELAY_STORE": "redis://127.0.0.1:1/0"})
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("relay: Redis failed:")
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "listening" not in result.stderr + result.stdout
+
+
+def test_a_busy_port_fails_startup_with_one_line(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = serve("--config", str(write(tmp_path, "")), "--port", str(port),
+                       env={"RELAY_STORE": "memory://"})
+    assert result.returncode == 2
+    assert result.stderr.strip() == (f"relay: cannot listen on 127.0.0.1:{port}: "
+                                     "Address already in use")

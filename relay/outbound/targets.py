@@ -2,8 +2,10 @@
 
 A target is refused when its host is, or resolves to, an address that is not public:
 loopback, private (RFC 1918, fc00::/7 such as fd00::/8), link-local (169.254.0.0/16, where
-cloud metadata such as 169.254.169.254 lives, and fe80::/10), shared (100.64.0.0/10),
-multicast, reserved or unspecified, including IPv4 addresses inside IPv6 (::ffff:a.b.c.d,
+cloud metadata such as 169.254.169.254 lives, and fe80::/10), site-local (fec0::/10), shared
+(100.64.0.0/10), multicast, reserved, unspecified, or any other range that is not global
+(Teredo, documentation, local-use NAT64), and any IPv6 address carrying a non-public IPv4
+one (IPv4-mapped ::ffff:a.b.c.d, IPv4-compatible ::a.b.c.d, 6to4 2002::/16, NAT64
 64:ff9b::/96). Every address a name resolves to must pass. The request then goes to the
 address that was checked (`Target`: the URL with the address as host, the name kept in `Host`
 and in TLS SNI, so certificates are still checked against the name): a DNS answer that
@@ -30,6 +32,8 @@ RESOLVE_TIMEOUT = 5.0
 RESOLVED_FOR = 10.0
 MAX_RESOLVED = 1000
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")  # RFC 8215: never global
+_COMPATIBLE = ipaddress.ip_network("::/96")  # deprecated IPv4-compatible addresses
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -59,25 +63,38 @@ def url_problem(url: str) -> str | None:
 
 
 def address_problem(address: Address) -> str | None:
-    """What kind of non-public address this is (None: a public one)."""
+    """What kind of non-public address this is (None: a public one). An IPv6 address that
+    carries an IPv4 one is judged by that IPv4 address too: it can route to it."""
+    if address.is_unspecified or address.is_loopback:
+        return "an unspecified address" if address.is_unspecified else "a loopback address"
     if isinstance(address, ipaddress.IPv6Address):
-        embedded = address.ipv4_mapped or _nat64(address)
+        if address in _NAT64_LOCAL:
+            return "a local-use NAT64 address"
+        embedded = _embedded(address)
         if embedded is not None:
-            return address_problem(embedded)
-    for kind, test in (("a loopback", address.is_loopback),
-                       ("a link-local", address.is_link_local),
+            problem = address_problem(embedded)
+            if problem is not None:
+                return f"{problem} inside an IPv6 address"
+    for kind, test in (("a link-local", address.is_link_local),
+                       ("a site-local", isinstance(address, ipaddress.IPv6Address)
+                        and address.is_site_local),
                        ("a private", address.is_private),
-                       ("a multicast", address.is_multicast),
-                       ("an unspecified", address.is_unspecified)):
+                       ("a multicast", address.is_multicast)):
         if test:
             return f"{kind} address"
     return None if address.is_global else "not a public address"
 
 
-def _nat64(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
-    if address not in _NAT64:
-        return None
-    return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+def _embedded(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address inside an IPv4-mapped (::ffff:a.b.c.d), IPv4-compatible
+    (::a.b.c.d), 6to4 (2002:aabb:ccdd::) or NAT64 (64:ff9b::a.b.c.d) address."""
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if address in _NAT64 or address in _COMPATIBLE:
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return None
 
 
 class Guard:

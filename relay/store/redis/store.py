@@ -109,6 +109,9 @@ class RedisStore(Store):
     def _key(self, *parts: str) -> str:
         return self.connection.key(*parts)
 
+    async def open(self) -> None:
+        await self.ping()  # an unreachable Redis fails startup, not the first request
+
     async def close(self) -> None:
         await self.connection.aclose()
 
