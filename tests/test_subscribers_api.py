@@ -243,3 +243,13 @@ def test_openapi_states_every_request_limit():
                 if value not in numbers and f"{value:g}" not in text]
     assert not unstated, f"limits of relay/limits.py not in relay/http/openapi.py: {unstated}"
     assert all(prefix in text for prefix in relay.limits.RESERVED_TOPICS)
+
+
+async def test_a_method_a_path_does_not_take_is_405_naming_every_method_it_does():
+    async with served() as (_, client):
+        for method, path, allowed in [("DELETE", "/v1/jobs", {"GET", "HEAD", "POST"}),
+                                      ("PUT", "/v1/subscriptions/x", {"GET", "HEAD", "DELETE"}),
+                                      ("POST", "/healthz", {"GET", "HEAD"})]:
+            answer = await client.request(method, path)
+            assert (answer.status_code, answer.json()["error"]) == (405, "method_not_allowed")
+            assert {m.strip() for m in answer.headers["allow"].split(",")} == allowed

@@ -12,7 +12,9 @@ from typing import Any, Protocol
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.routing import BaseRoute
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
 
 from relay.http.errors import HANDLERS, RequestIdMiddleware
 
@@ -24,7 +26,7 @@ class Resource(Protocol):
 def application(resources: Sequence[Resource], *, cors_origins: Sequence[str],
                 lifespan: Any) -> Starlette:
     """The ASGI app serving `resources`; `lifespan(app)` starts and stops the services."""
-    routes = [route for resource in resources for route in resource.routes()]
+    routes = by_path([route for resource in resources for route in resource.routes()])
     middleware = [Middleware(RequestIdMiddleware)]
     if cors_origins:
         middleware.append(Middleware(
@@ -35,4 +37,31 @@ def application(resources: Sequence[Resource], *, cors_origins: Sequence[str],
                      exception_handlers=dict(HANDLERS))
 
 
-__all__ = ["Resource", "application"]
+
+def by_path(routes: Sequence[BaseRoute]) -> list[BaseRoute]:
+    """One route per path, dispatching on the method, where resources give a path several:
+    a method the path does not take is a 405 whose `Allow` names all the ones it does."""
+    grouped: dict[str, list[Route]] = {}
+    for route in routes:
+        if isinstance(route, Route):
+            grouped.setdefault(route.path, []).append(route)
+    merged: list[BaseRoute] = []
+    for route in routes:
+        if not isinstance(route, Route) or len(grouped[route.path]) == 1:
+            merged.append(route)
+        elif grouped[route.path][0] is route:
+            merged.append(_one_route(route.path, grouped[route.path]))
+    return merged
+
+
+def _one_route(path: str, routes: list[Route]) -> Route:
+    handlers = {method: route.endpoint for route in routes for method in route.methods or ()}
+
+    async def endpoint(request: Request) -> Response:
+        response: Response = await handlers[request.method](request)
+        return response
+
+    return Route(path, endpoint, methods=sorted(handlers))
+
+
+__all__ = ["Resource", "application", "by_path"]
