@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import gc
 import logging
 import os
@@ -68,6 +69,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    # A fatal signal Python cannot catch (SIGBUS when the SQLite WAL index file is truncated
+    # or cannot be extended on a full disk, SIGSEGV) still leaves its traceback on stderr.
+    faulthandler.enable()
     settings = _settings(args)
     asyncio.run(_check_store(settings))
     app = create_app(settings)

@@ -29,6 +29,7 @@ from redis.exceptions import RedisError
 from relay.errors import CursorExpired, StoreError, UnknownCursor
 from relay.models import TERMINAL, Event, Job, Source, State
 from relay.store import Applied, Change, JobQuery, Store
+from relay.store.health import WriteHealth
 from relay.store.redis.client import Connection, translated
 from relay.store.redis.leases import RedisLeases
 from relay.store.redis.outbox import ENQUEUE_LUA, RedisOutbox
@@ -92,6 +93,7 @@ class RedisStore(Store):
         self.redis: Any = self.connection.redis
         self.outbox = RedisOutbox(self.connection)
         self.leases = RedisLeases(self.connection)
+        self.health = WriteHealth(f"Redis {prefix}")
         self._apply_script = self.redis.register_script(_APPLY)
 
     @classmethod
@@ -116,8 +118,20 @@ class RedisStore(Store):
         await self.connection.aclose()
 
     async def ping(self) -> None:
+        """Redis answers, and writes: after a failed write (out of memory under noeviction,
+        a read-only replica, a user without write permission) a small write is tried, so
+        readiness comes back once writes work again."""
         async with translated():
             await self.redis.ping()
+        if self.health.failure is None:
+            return
+        try:
+            async with translated():
+                await self.redis.set(self._key("ping"), "1", ex=60)
+        except StoreError as exc:
+            self.health.failed(exc)
+            raise
+        self.health.succeeded()
 
     # -- writes ---------------------------------------------------------------------------
 
@@ -160,7 +174,12 @@ class RedisStore(Store):
             json.dumps(list(new.topics)) if new is not None else "[]",
             self.prefix, DEDUPE_SECONDS, external_id,
         ]
-        result: list[str] = await self._apply_script(keys=keys, args=args)
+        try:
+            result: list[str] = await self._apply_script(keys=keys, args=args)
+        except RedisError as exc:
+            self.health.failed(exc)
+            raise
+        self.health.succeeded()
         return result
 
     async def secret(self, name: str, generate: Callable[[], str]) -> str:

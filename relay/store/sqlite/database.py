@@ -35,7 +35,11 @@ class Database:
         """Connect the writer and run `setup` on its connection (schema, recovery)."""
         def run() -> T:
             self._write_conn = self.connect()
-            return setup(self._write_conn)
+            try:
+                return setup(self._write_conn)
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot open SQLite database {self.path!r} for writing: "
+                                 f"{exc}") from exc
 
         return await self.on_writer(run)
 

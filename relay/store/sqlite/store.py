@@ -25,6 +25,7 @@ import json
 import logging
 import re
 import sqlite3
+import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +33,7 @@ from typing import Any
 from relay.errors import StoreError, UnknownCursor
 from relay.models import Event, Job, Source
 from relay.store import Applied, Change, JobQuery, Store
+from relay.store.health import WriteHealth
 from relay.store.leases import LocalLeases
 from relay.store.sqlite.database import Database
 from relay.store.sqlite.outbox import OUTBOX_SCHEMA, Enqueuer, SQLiteOutbox
@@ -76,6 +78,10 @@ CREATE TABLE IF NOT EXISTS dedupe (
     key TEXT PRIMARY KEY,
     seen_at REAL NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS health (
+    name TEXT PRIMARY KEY,
+    at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS secrets (
     name TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -101,6 +107,7 @@ class SQLiteStore(Store):
         self._db = Database(path)
         self.outbox = SQLiteOutbox(self._db)
         self.leases = LocalLeases()
+        self.health = WriteHealth(f"SQLite {path}")
         self._queue: asyncio.Queue[tuple[_Write, asyncio.Future[Applied]] | None] = (
             asyncio.Queue())
         self._write_task: asyncio.Task[None] | None = None
@@ -135,7 +142,16 @@ class SQLiteStore(Store):
         self._db.close()
 
     async def ping(self) -> None:
+        """The store answers reads, and writes: after a failed write, a small write is tried
+        (a full disk, a read-only file) so readiness comes back once writes work again."""
         await self._db.read(lambda conn: conn.execute("SELECT 1").fetchone())
+        if self.health.failure is not None:
+            try:
+                await self._db.transaction(_probe)
+            except StoreError as exc:
+                self.health.failed(exc)
+                raise
+            self.health.succeeded()
 
     # -- writes ---------------------------------------------------------------------------
 
@@ -189,8 +205,10 @@ class SQLiteStore(Store):
             if not isinstance(exc, StoreError):
                 logger.exception("the SQLite writer failed")
                 exc = StoreError(f"SQLite write failed: {exc!r}")
+            self.health.failed(exc)
             results = [exc] * len(items)
         else:
+            self.health.succeeded()
             results = committed.results
             self._publish(committed)
         for (_, done), result in zip(items, results, strict=True):
@@ -498,12 +516,19 @@ class _Batch:
 
 
 def _prepare(conn: sqlite3.Connection) -> int:
-    """The schema, created where missing, and old dedupe keys pruned; the newest event's seq."""
+    """The schema, created where missing, and old dedupe keys pruned; the newest event's seq.
+    A write is made whatever there is to do, so a file that cannot be written (read-only,
+    its WAL index immutable, a full disk) fails startup rather than the first webhook."""
     conn.execute("PRAGMA journal_mode=WAL")
     conn.executescript(_SCHEMA + OUTBOX_SCHEMA)
     conn.execute("DELETE FROM dedupe WHERE seen_at < unixepoch() - ?", (DEDUPE_DAYS * 86400,))
+    _probe(conn)
     row = conn.execute("SELECT max(seq) FROM events").fetchone()
     return int(row[0] or 0)
+
+
+def _probe(conn: sqlite3.Connection) -> None:
+    conn.execute("INSERT OR REPLACE INTO health VALUES ('written', ?)", (time.time(),))
 
 
 def _max_seq(conn: sqlite3.Connection) -> int:
