@@ -17,6 +17,7 @@ from relay import __version__
 from relay.app import create_app
 from relay.config import Settings
 from relay.errors import ConfigError, StoreError
+from relay.runtime.protocol import ConnectionLimits
 from relay.runtime.server import bind, make_server
 from relay.settings import load_settings
 from relay.store import open_store
@@ -80,8 +81,9 @@ def _serve(args: argparse.Namespace) -> int:
     logger.info("relay listening on http://%s:%s (store %s)", settings.server.host,
                 sock.getsockname()[1], settings.server.store)
     # Above info the access log is off, not just filtered: its line is built per request.
-    make_server(app, log_level=args.log_level,
-                access_log=args.log_level in ("debug", "info")).run(sockets=[sock])
+    make_server(app, log_level=args.log_level, access_log=args.log_level in ("debug", "info"),
+                limits=ConnectionLimits(max_connections=settings.server.max_connections)
+                ).run(sockets=[sock])
     return 0
 
 

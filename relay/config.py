@@ -85,6 +85,7 @@ class ServerConfig:
     allow_private_targets: bool = False
     delivery_max_age: float = 86400.0
     delivery_retry_scale: float = 1.0
+    max_connections: int = 10_000
 
     @property
     def loopback(self) -> bool:

@@ -86,7 +86,7 @@ def _variable(name: str, env: Mapping[str, str], key: str) -> str:
 
 _SERVER_KEYS = {"host", "port", "public_url", "store", "secret", "api_keys", "cors_origins",
                 "heartbeat", "max_body", "allow_private_targets", "delivery_max_age",
-                "delivery_retry_scale"}
+                "delivery_retry_scale", "max_connections"}
 
 
 def _server(table: Mapping[str, Any], env: Mapping[str, str]) -> ServerConfig:
@@ -110,6 +110,7 @@ def _server(table: Mapping[str, Any], env: Mapping[str, str]) -> ServerConfig:
         delivery_max_age=_float(values, "delivery_max_age", "server", 86400.0, low=0),
         delivery_retry_scale=_float(values, "delivery_retry_scale", "server", 1.0, low=1e-6,
                                     high=1000),
+        max_connections=_int(values, "max_connections", "server", 10_000, low=1),
     )
     _check_exposure(server)
     return server

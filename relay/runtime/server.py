@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import socket
 import threading
@@ -18,6 +19,8 @@ from types import FrameType
 from typing import Any
 
 import uvicorn
+
+from relay.runtime.protocol import ConnectionLimits, LimitedProtocol
 
 logger = logging.getLogger(__name__)
 
@@ -74,10 +77,14 @@ def bind(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
     return sock
 
 
-def make_server(app: Any, owns_signals: bool = True, **config: Any) -> Server:
+def make_server(app: Any, owns_signals: bool = True, limits: ConnectionLimits | None = None,
+                **config: Any) -> Server:
+    """A server for `app` on the relay's HTTP protocol (uvicorn's, within `limits`)."""
+    limits = limits or ConnectionLimits()
     config.setdefault("log_level", "warning")
     config.setdefault("lifespan", "on")
     config.setdefault("timeout_graceful_shutdown", 5)
+    config.setdefault("http", functools.partial(LimitedProtocol, limits=limits))
     return Server(uvicorn.Config(app, **config), owns_signals=owns_signals)
 
 
