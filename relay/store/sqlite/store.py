@@ -34,7 +34,7 @@ from relay.models import Event, Job, Source
 from relay.store import Applied, Change, JobQuery, Store
 from relay.store.leases import LocalLeases
 from relay.store.sqlite.database import Database
-from relay.store.sqlite.outbox import OUTBOX_SCHEMA, Enqueuer, SQLiteOutbox
+from relay.store.sqlite.outbox import OUTBOX_SCHEMA, Enqueuer, SQLiteOutbox, upgrade_outbox
 
 logger = logging.getLogger(__name__)
 
@@ -475,7 +475,7 @@ class _Batch:
         if old != new.topics:
             self.topics_gone += [(topic, new.id) for topic in old if topic not in new.topics]
             self.topics_new += [(topic, new.id) for topic in new.topics if topic not in old]
-        self.outbox.add(self.seq, new)
+        self.outbox.add(self.seq, new, current)
         event = Event(str(self.seq), new, write.source, write.received_at)
         self.new_events.append(event)
         return event
@@ -501,6 +501,7 @@ def _prepare(conn: sqlite3.Connection) -> int:
     """The schema, created where missing, and old dedupe keys pruned; the newest event's seq."""
     conn.execute("PRAGMA journal_mode=WAL")
     conn.executescript(_SCHEMA + OUTBOX_SCHEMA)
+    upgrade_outbox(conn)
     conn.execute("DELETE FROM dedupe WHERE seen_at < unixepoch() - ?", (DEDUPE_DAYS * 86400,))
     row = conn.execute("SELECT max(seq) FROM events").fetchone()
     return int(row[0] or 0)
