@@ -1,6 +1,6 @@
 """Outbound deliveries an operator can steer (CONTRACT section 6): the `events` filter, a
 subscription's status (failing, probed one request at a time, disabled, enabled again),
-replay, the operational events, and config subscriptions on a rolling deploy. Against
+replay, the operational events, config subscriptions on a rolling deploy, and cookies. Against
 real consumers served by uvicorn (tests/test_outbound.py's `Consumer`, which fails on command)
 and real relays on SQLite and on Redis."""
 
@@ -234,6 +234,22 @@ def test_two_config_subscriptions_with_one_name_fail_startup():
     with pytest.raises(ConfigError, match=r"subscriptions\[1\]: the same name"):
         Outbound(config_settings("memory://", entries).outbound, open_store("memory://"),
                  Metrics())
+
+
+# -- cookies --------------------------------------------------------------------------------------
+
+async def test_a_consumers_cookie_is_never_sent_back(store_url):
+    consumer = Consumer(headers={"set-cookie": "session=s3cr3t; Path=/"})
+    async with serving_consumer(consumer) as url, \
+            running_relay(outbound_settings(store_url)) as relay:
+        await subscribe(relay, url)
+        await relay.track("gen", "c-1")
+        for percent in (20, 40, 60):  # one job: its deliveries go one by one, on one client
+            await update(relay, "c-1", percent=percent)
+        await eventually(lambda: len(consumer.delivered()) == 4, timeout=10)
+
+    assert [r.version for r in consumer.received] == [1, 2, 3, 4]
+    assert not any("cookie" in r.headers for r in consumer.received)
 
 
 # -- config subscriptions on a rolling deploy ---------------------------------------------------
