@@ -500,6 +500,9 @@ async def finish_as(outbox: Outbox, external_id: str, status: DeliveryStatus) ->
     return head
 
 
+REPLAY_AT = 3_000_000_000.1000075  # after every delivery made here, and not LATER
+
+
 async def test_a_replay_sends_each_jobs_newest_delivery_again_in_event_order(store):
     outbox = await subscribed(store, subscription("all"))
     await put(store, job("a"))
@@ -510,7 +513,7 @@ async def test_a_replay_sends_each_jobs_newest_delivery_again_in_event_order(sto
     await finish_as(outbox, "a", DeliveryStatus.DELIVERED)  # ... but a v2 delivered
     await finish_as(outbox, "b", DeliveryStatus.FAILED)
     await finish_as(outbox, "c", DeliveryStatus.DELIVERED)  # d stays pending: on its way
-    now = time.time() + 100
+    now = REPLAY_AT  # copies are due a microsecond apart; written to six decimals, they tie
     assert await outbox.replay("sub_all", 0.0, now, only_failed=True) == Replayed(1)
     assert versions((await outbox.due("sub_all", LATER, 10)).deliveries) == [
         ("d", 1), ("b", 1)]
@@ -518,7 +521,7 @@ async def test_a_replay_sends_each_jobs_newest_delivery_again_in_event_order(sto
     assert await outbox.replay("sub_all", 0.0, now + 2) == Replayed(2)  # a v2, c: delivered
     due = (await outbox.due("sub_all", LATER, 10)).deliveries
     assert versions(due) == [("d", 1), ("b", 1), ("a", 2), ("c", 1)]
-    assert due[2].next_at < due[3].next_at  # in event order
+    assert due[2].next_at < due[3].next_at  # in event order, which a tie would leave to chance
     copy = due[2]
     assert (copy.status, copy.tries, copy.created_at) == (DeliveryStatus.PENDING, 0, now + 2)
     assert copy.event == (await outbox.delivery(due[2].id)).event

@@ -249,8 +249,9 @@ for i = 5, #ARGV do
       and tonumber(redis.call('HGET', P .. 'hw:' .. sub, d[2]) or '0') <= tonumber(d[8]) then
     local n = redis.call('INCR', P .. 'dseq')
     local id = 'dlv_' .. n
-    -- a microsecond apart, so the due order is the event order in every backend
-    local due = string.format('%.6f', now + count / 1000000)
+    -- a microsecond apart, so the due order is the event order in every backend; every
+    -- digit of the double written (%.6f would round neighbours to one value)
+    local due = string.format('%.17g', now + count / 1000000)
     redis.call('HSET', P .. 'dlv:' .. id, 'n', n, 'sub', sub, 'job', d[2], 'c', d[3], 'j', d[4],
       's', d[5], 'r', d[6], 'st', 'pending', 'ca', ARGV[4], 'na', due, 't', 0, 'si', ARGV[4])
     redis.call('ZADD', P .. 'due:' .. sub, due, id)
