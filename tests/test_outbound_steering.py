@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import random
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,12 +18,20 @@ from relay.app import create_app
 from relay.config import OutboundConfig, Settings
 from relay.errors import ConfigError
 from relay.models import Job, Source, isoformat, utcnow
-from relay.outbound.health import FAILING_AFTER
+from relay.outbound.health import (
+    ACTIVE,
+    DISABLED,
+    FAILING,
+    FAILING_AFTER,
+    after_attempts,
+    enabled,
+)
+from relay.outbound.policy import GONE, JITTER, SCHEDULE, Policy
 from relay.outbound.service import Outbound
 from relay.runtime.metrics import Metrics
 from relay.settings import parse_settings
 from relay.store import Store, open_store
-from relay.store.outbox import Subscription
+from relay.store.outbox import Attempt, DeliveryStatus, Health, Outcome, Subscription
 from tests.support import WEBHOOK_SECRET, Relay, eventually, redis_url, running_relay
 from tests.test_outbound import (
     SCALE,
@@ -355,3 +364,60 @@ async def test_failing_and_disabled_are_told_once_each_with_the_subscription(sto
     lines = [r.getMessage() for r in caplog.records if r.name == "relay.outbound.health"]
     assert lines == ["subscription sub_ops is failing: answered 500",
                      f"subscription sub_ops is disabled: {disabled['disabled_reason']}"]
+
+
+# -- the rules of a subscription's health, on their own -------------------------------------------
+
+NOW = 1_000_000.0
+POLICY = Policy(max_age=3600.0, rng=random.Random(7))
+
+
+def ended(status: int | None, delivery_id: str = "dlv_1", retry_after: float = 0.0) -> Outcome:
+    attempt = Attempt("t", 0.1, status, None if status == 200 else f"answered {status}")
+    if status == 200:
+        return Outcome(delivery_id, attempt, DeliveryStatus.DELIVERED)
+    if status == 410:
+        return Outcome(delivery_id, attempt, DeliveryStatus.FAILED, reason=GONE)
+    return Outcome(delivery_id, attempt, DeliveryStatus.PENDING, NOW + 5,
+                   retry_after=retry_after)
+
+
+def test_the_fifth_failure_in_a_row_makes_it_failing_and_a_success_resets_the_count():
+    four = after_attempts(Health(), [ended(500)] * 4, NOW, POLICY)
+    assert (four.status, four.consecutive_failures) == (ACTIVE, 4)
+    assert after_attempts(four, [ended(200)], NOW, POLICY).consecutive_failures == 0
+    five = after_attempts(four, [ended(503)], NOW, POLICY)
+    assert (five.status, five.since, five.probes, five.last_error) == (
+        FAILING, NOW, 0, "answered 503")
+    first_wait = SCHEDULE[0]
+    assert NOW + first_wait * (1 - JITTER) <= five.probe_at <= NOW + first_wait * (1 + JITTER)
+    back = after_attempts(five, [ended(503), ended(200)], NOW + 9, POLICY)
+    assert (back.status, back.consecutive_failures, back.since, back.last_error) == (
+        ACTIVE, 0, NOW + 9, "answered 503")
+
+
+def test_only_probes_space_the_next_probe_and_retry_after_is_a_floor():
+    failing = Health(FAILING, 7, "answered 500", NOW, probes=1, probe_at=NOW + 10)
+    late = after_attempts(failing, [ended(500, "dlv_9")], NOW + 1, POLICY)  # in flight before
+    assert (late.probes, late.probe_at, late.consecutive_failures) == (1, NOW + 10, 8)
+    probed = after_attempts(failing, [ended(500, "dlv_2")], NOW + 1, POLICY, probes={"dlv_2"})
+    third_wait = SCHEDULE[2]
+    assert probed.probes == 2
+    assert NOW + 1 + third_wait * (1 - JITTER) <= probed.probe_at
+    floored = after_attempts(failing, [ended(503, "dlv_2", retry_after=9000.0)], NOW + 1,
+                             POLICY, probes={"dlv_2"})
+    assert floored.probe_at == NOW + 1 + 9000.0
+
+
+def test_a_410_or_failing_past_the_max_age_disables_and_disabled_stays_put():
+    gone = after_attempts(Health(), [ended(410), ended(200)], NOW, POLICY)
+    assert (gone.status, gone.disabled_reason) == (DISABLED, GONE)
+    failing = Health(FAILING, 9, "answered 500", NOW - 3600.0, probes=3)
+    expired = after_attempts(failing, [], NOW, POLICY)
+    assert expired.status is DISABLED
+    assert expired.disabled_reason == "failing for more than 3600 s: answered 500"
+    assert after_attempts(failing, [], NOW - 1, POLICY) == failing
+    again = enabled(expired, NOW + 5)
+    assert (again.status, again.consecutive_failures, again.disabled_reason, again.since) == (
+        ACTIVE, 0, None, NOW + 5)
+    assert again.last_error == "answered 500"  # what went wrong last is still shown
