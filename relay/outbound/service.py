@@ -213,10 +213,13 @@ class Outbound:
 
     async def _follow(self, cursor: str | None) -> None:
         """Wake the workers whose subscriptions want the new events. Only a shortcut: an idle
-        worker looks at the store every LOOK_AGAIN seconds anyway, so a gap needs nothing."""
+        worker looks at the store every LOOK_AGAIN seconds anyway, so a gap needs nothing.
+        A failing one is left to sleep: it sends nothing before its next probe is due."""
         async for page in follow(self.store, cursor):
             if isinstance(page, Gap):
                 continue
             for running in self.workers.values():
+                if running.worker.health.status is SubscriptionStatus.FAILING:
+                    continue
                 if any(running.subscription.takes_topics(event.job.topics) for event in page):
                     running.worker.wake.set()
