@@ -57,6 +57,8 @@ class SubscriptionConfig:
     url: str
     topics: tuple[str, ...] = ("*",)
     secret: str | None = None
+    events: tuple[str, ...] | None = None  # None: every event
+    name: str | None = None  # its identity across config changes, when given
 
 
 @dataclass(frozen=True, slots=True)

@@ -224,13 +224,16 @@ def _subscription(index: int, entry: Any) -> SubscriptionConfig:
     key = f"subscriptions[{index}]"
     if not isinstance(entry, dict):
         raise ConfigError(f"{key}: expected a table")
-    _check_keys(entry, {"url", "topics", "secret"}, key)
+    _check_keys(entry, {"url", "topics", "secret", "events", "name"}, key)
     url = _str(entry, "url", key, "")
     if not url.startswith(("http://", "https://")):
         raise ConfigError(f"{key}.url: expected an http(s) URL")
     topics = _strings(entry, "topics", key) or ("*",)
-    return SubscriptionConfig(url=url, topics=topics, secret=_str(entry, "secret", key, "")
-                                or None)
+    # What the words may be is the outbound service's to check (relay.outbound.subscriptions).
+    return SubscriptionConfig(
+        url=url, topics=topics, secret=_str(entry, "secret", key, "") or None,
+        events=_strings(entry, "events", key) if "events" in entry else None,
+        name=_str(entry, "name", key, "") if "name" in entry else None)
 
 
 # -- typed readers: each names the key it rejects --------------------------------------------

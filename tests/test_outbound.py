@@ -59,6 +59,7 @@ class Received:
     body: bytes
     status: int
     at: float
+    concurrent: int = 1  # requests the consumer held when this one came, itself included
 
     @property
     def payload(self) -> dict[str, Any]:
@@ -71,15 +72,18 @@ class Received:
 
 @dataclass
 class Consumer:
-    """A downstream consumer: records every request, answers `answers` first (then `status`),
-    with `headers`; with `hang`, never answers until `release` is set."""
+    """A downstream consumer that fails on command: records every request (and how many it
+    held at once), answers `answers` first (then `status`), with `headers`, each after
+    `delay` seconds (a consumer's own work); with `hang`, never answers until `release`."""
 
     answers: list[int] = field(default_factory=list)
     status: int = 200
     headers: dict[str, str] = field(default_factory=dict)
     hang: bool = False
+    delay: float = 0.0
     received: list[Received] = field(default_factory=list)
     release: asyncio.Event = field(default_factory=asyncio.Event)
+    holding: int = 0
 
     def app(self) -> Starlette:
         return Starlette(routes=[Route("/hook", self.receive, methods=["POST"])])
@@ -87,9 +91,16 @@ class Consumer:
     async def receive(self, request: Request) -> Response:
         body = await request.body()
         status = self.answers.pop(0) if self.answers else self.status
-        self.received.append(Received(dict(request.headers), body, status, time.monotonic()))
-        if self.hang:
-            await self.release.wait()
+        self.holding += 1
+        try:
+            self.received.append(Received(dict(request.headers), body, status,
+                                          time.monotonic(), self.holding))
+            if self.delay:
+                await asyncio.sleep(self.delay)
+            if self.hang:
+                await self.release.wait()
+        finally:
+            self.holding -= 1
         return Response(status_code=status, headers=self.headers)
 
     def delivered(self) -> list[Received]:

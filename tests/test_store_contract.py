@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
+import sqlite3
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -16,11 +19,16 @@ from relay.store.outbox import (
     Delivery,
     DeliveryStatus,
     Due,
+    EventKind,
+    Health,
     Outbox,
     OutboxStats,
     Outcome,
+    Replayed,
     Retried,
     Subscription,
+    SubscriptionStatus,
+    event_kinds,
 )
 from tests.support import redis_url
 
@@ -226,12 +234,17 @@ def versions(deliveries: list[Delivery]) -> list[tuple[str, int]]:
 
 
 LATER = 4_000_000_000.0  # a Unix time far in the future: everything pending is due by then
+OFF = Health(SubscriptionStatus.DISABLED, disabled_reason="gone")
+
+
+def set_status(status: SubscriptionStatus, reason: str | None = None):
+    return lambda health: dataclasses.replace(health, status=status, disabled_reason=reason)
 
 
 async def test_an_event_adds_a_delivery_for_each_enabled_subscription_that_wants_it(store):
     outbox = await subscribed(store, subscription("all"), subscription("one", ("user:1",)),
                               subscription("other", ("provider:q",)),
-                              subscription("off", enabled=False, disabled_reason="gone"))
+                              subscription("off", health=OFF))
     applied = await put(store, job("a", topics=("user:1",)))
     for name, expected in [("all", 1), ("one", 1), ("other", 0), ("off", 0)]:
         due = (await outbox.due(f"sub_{name}", LATER, 10)).deliveries
@@ -329,9 +342,12 @@ async def test_disabling_a_subscription_fails_its_pending_deliveries_and_stops_n
     outbox = await subscribed(store, subscription("all"), subscription("other"))
     await put(store, job("a"))
     await store.apply("p", "a", bump(State.RUNNING), source=Source.POLL, received_at=NOW)
-    await outbox.disable_subscription("sub_all", "the consumer answered 410")
+    before, after = await outbox.update_health(
+        "sub_all", set_status(SubscriptionStatus.DISABLED, "the consumer answered 410"))
+    assert (before.status, after.status) == (SubscriptionStatus.ACTIVE,
+                                             SubscriptionStatus.DISABLED)
     sub = await outbox.subscription("sub_all")
-    assert (sub.enabled, sub.disabled_reason) == (False, "the consumer answered 410")
+    assert (sub.enabled, sub.health.disabled_reason) == (False, "the consumer answered 410")
     assert [(d.status, d.reason) for d in await outbox.deliveries("sub_all")] == [
         (DeliveryStatus.FAILED, "the consumer answered 410")] * 2
     await put(store, job("b"))
@@ -339,6 +355,40 @@ async def test_disabling_a_subscription_fails_its_pending_deliveries_and_stops_n
     assert (await outbox.due("sub_all", LATER, 10)).deliveries == []
     assert len(await outbox.deliveries("sub_other")) == 3
     assert (await outbox.outbox_stats()).pending == 3  # sub_other's
+
+
+async def test_enabling_a_disabled_subscription_lets_new_events_in_and_keeps_the_failed(store):
+    outbox = await subscribed(store, subscription("all", ("user:1",), events=(
+        EventKind.CREATED,), health=OFF))
+    await put(store, job("a", topics=("user:1",)))
+    assert await outbox.deliveries("sub_all") == []
+    await outbox.update_health("sub_all", set_status(SubscriptionStatus.ACTIVE))
+    await put(store, job("b", topics=("user:1",)))
+    await put(store, job("c"))  # not its topic
+    await store.apply("p", "b", bump(State.RUNNING), source=Source.POLL, received_at=NOW)
+    assert versions(await outbox.deliveries("sub_all")) == [("b", 1)]  # created only
+    await outbox.update_health("sub_all", set_status(SubscriptionStatus.DISABLED, "x"))
+    await outbox.update_health("sub_all", set_status(SubscriptionStatus.FAILING))
+    assert [d.status for d in await outbox.deliveries("sub_all")] == [DeliveryStatus.FAILED]
+    await put(store, job("d", topics=("user:1",)))  # failing still receives
+    assert versions((await outbox.due("sub_all", LATER, 10)).deliveries) == [("d", 1)]
+
+
+async def test_a_health_change_is_applied_to_the_health_as_stored(store):
+    outbox = await subscribed(store, subscription("all"))
+
+    def count(h: Health) -> Health:
+        return dataclasses.replace(h, consecutive_failures=h.consecutive_failures + 1,
+                                   last_error=f"no {h.consecutive_failures}")
+
+    await asyncio.gather(*(outbox.update_health("sub_all", count) for _ in range(20)))
+    health = (await outbox.subscription("sub_all")).health
+    assert (health.consecutive_failures, health.last_error) == (20, "no 19")
+    assert await outbox.update_health("sub_none", count) is None
+    failing = Health(SubscriptionStatus.FAILING, 7, "answered 500", 12.5, 2, 99.25, None)
+    await outbox.update_health("sub_all", lambda h: failing)
+    assert (await outbox.subscription("sub_all")).health == failing
+    assert (await outbox.subscriptions())[0].health == failing
 
 
 async def test_deleting_a_subscription_removes_it_and_its_deliveries(store):
@@ -354,15 +404,18 @@ async def test_deleting_a_subscription_removes_it_and_its_deliveries(store):
     assert (await outbox.outbox_stats()).pending == 1
 
 
-async def test_saving_a_subscription_again_updates_it_and_keeps_its_creation_time(store):
-    outbox = await subscribed(store, subscription("all", enabled=False, disabled_reason="410"))
+async def test_saving_a_subscription_again_updates_it_and_keeps_its_creation_and_health(store):
+    outbox = await subscribed(store, subscription("all", health=OFF))
     again = dataclasses.replace(subscription("all", ("user:1",)), secret="whsec_b3RoZXI=",
-                                created_at="2027-01-01T00:00:00.000Z")
+                                created_at="2027-01-01T00:00:00.000Z", name="billing",
+                                events=(EventKind.TERMINAL, EventKind.STATE))
     await outbox.save_subscription(again)
     assert await outbox.subscription("sub_all") == dataclasses.replace(
-        again, created_at=subscription("all").created_at)
+        again, created_at=subscription("all").created_at, health=OFF)
+    await outbox.update_health("sub_all", set_status(SubscriptionStatus.ACTIVE))
     await put(store, job("a", topics=("user:1",)))
-    assert len(await outbox.deliveries("sub_all")) == 1
+    await store.apply("p", "a", bump(State.RUNNING), source=Source.POLL, received_at=NOW)
+    assert versions(await outbox.deliveries("sub_all")) == [("a", 2)]
 
 
 async def test_deliveries_are_listed_newest_first_and_filtered_by_status(store):
@@ -392,3 +445,181 @@ async def test_outbox_stats_count_the_pending_deliveries_and_the_oldest(store):
 async def test_subscriptions_are_listed_oldest_first(store):
     outbox = await subscribed(store, subscription("bb"), subscription("a"))
     assert [s.id for s in await outbox.subscriptions()] == ["sub_a", "sub_bb"]
+
+
+# -- what a subscription receives: the kinds of each event ------------------------------------
+
+def moved(**changes):
+    def change(current: Job | None) -> Job | None:
+        assert current is not None
+        return current.replace(version=current.version + 1, **changes)
+    return change
+
+
+async def test_each_subscription_gets_only_the_kinds_of_event_it_names(store):
+    kinds = {"created": ("created",), "progress": ("progress",), "state": ("state",),
+             "terminal": ("terminal",), "end": ("state", "terminal"), "every": None}
+    outbox = await subscribed(store, *(
+        subscription(name, events=None if words is None else tuple(map(EventKind, words)))
+        for name, words in kinds.items()))
+    await put(store, job("a"))  # v1
+    for change in (moved(progress=0.5), moved(provider_status="thinking"),
+                   moved(state=State.RUNNING), moved(stage="two"),
+                   moved(state=State.SUCCEEDED, progress=1.0)):  # v2 .. v6
+        await store.apply("p", "a", change, source=Source.POLL, received_at=NOW)
+    received = {name: sorted(v for _, v in versions(await outbox.deliveries(f"sub_{name}")))
+                for name in kinds}
+    assert received == {"created": [1], "progress": [2, 5], "state": [4, 6], "terminal": [6],
+                        "end": [4, 6], "every": [1, 2, 3, 4, 5, 6]}
+
+
+@pytest.mark.parametrize("previous, changes, expected", [
+    (None, {}, {"created"}),
+    (None, {"state": State.FAILED}, {"created", "terminal"}),
+    ({}, {"state": State.RUNNING}, {"state"}),
+    ({"state": State.RUNNING}, {"state": State.CANCELED}, {"state", "terminal"}),
+    ({}, {"progress": 0.25}, {"progress"}),
+    ({"progress": 0.25}, {"progress": 0.25, "stage": "b"}, {"progress"}),
+    ({}, {"output": {"url": "https://o/1"}}, set()),
+    ({"state": State.RUNNING}, {"state": State.RUNNING, "provider_status": "x"}, set()),
+])
+def test_event_kinds_classify_a_change_from_the_job_before_it(previous, changes, expected):
+    base = job("k")
+    before = None if previous is None else base.replace(**previous)
+    after = (before or base).replace(**changes)
+    assert event_kinds(before, after) == {EventKind(word) for word in expected}
+
+
+# -- replay ------------------------------------------------------------------------------
+
+async def finish_as(outbox: Outbox, external_id: str, status: DeliveryStatus) -> Delivery:
+    [head] = [d for d in (await outbox.due("sub_all", LATER, 100)).deliveries
+              if d.event.job.external_id == external_id]
+    code = 200 if status is DeliveryStatus.DELIVERED else 500
+    await outbox.finish([Outcome(head.id, attempt(code), status, reason="x")])
+    return head
+
+
+REPLAY_AT = 3_000_000_000.1000075  # after every delivery made here, and not LATER
+
+
+async def test_a_replay_sends_each_jobs_newest_delivery_again_in_event_order(store):
+    outbox = await subscribed(store, subscription("all"))
+    await put(store, job("a"))
+    await store.apply("p", "a", bump(State.RUNNING), source=Source.POLL, received_at=NOW)
+    for name in "bcd":
+        await put(store, job(name))
+    await finish_as(outbox, "a", DeliveryStatus.FAILED)  # a v1: failed ...
+    await finish_as(outbox, "a", DeliveryStatus.DELIVERED)  # ... but a v2 delivered
+    await finish_as(outbox, "b", DeliveryStatus.FAILED)
+    await finish_as(outbox, "c", DeliveryStatus.DELIVERED)  # d stays pending: on its way
+    now = REPLAY_AT  # copies are due a microsecond apart; written to six decimals, they tie
+    assert await outbox.replay("sub_all", 0.0, now, only_failed=True) == Replayed(1)
+    assert versions((await outbox.due("sub_all", LATER, 10)).deliveries) == [
+        ("d", 1), ("b", 1)]
+    assert await outbox.replay("sub_all", 0.0, now + 1, only_failed=True) == Replayed(0)
+    assert await outbox.replay("sub_all", 0.0, now + 2) == Replayed(2)  # a v2, c: delivered
+    due = (await outbox.due("sub_all", LATER, 10)).deliveries
+    assert versions(due) == [("d", 1), ("b", 1), ("a", 2), ("c", 1)]
+    assert due[2].next_at < due[3].next_at  # in event order, which a tie would leave to chance
+    copy = due[2]
+    assert (copy.status, copy.tries, copy.created_at) == (DeliveryStatus.PENDING, 0, now + 2)
+    assert copy.event == (await outbox.delivery(due[2].id)).event
+    assert len(await outbox.deliveries("sub_all")) == 8  # the originals are kept as they were
+
+
+async def test_a_replay_looks_back_only_to_since_and_stops_at_its_cap(store):
+    outbox = await subscribed(store, subscription("all"))
+    for name in "abc":
+        await put(store, job(name))
+        await finish_as(outbox, name, DeliveryStatus.FAILED)
+    made = [d.created_at for d in await outbox.deliveries("sub_all")]
+    assert await outbox.replay("sub_all", max(made) + 1, LATER) == Replayed(0)
+    now = time.time() + 100
+    assert await outbox.replay("sub_all", 0.0, now, limit=2) == Replayed(2, truncated=True)
+    assert versions((await outbox.due("sub_all", LATER, 10)).deliveries) == [("b", 1), ("c", 1)]
+    assert await outbox.replay("sub_all", 0.0, now + 1, limit=2) == Replayed(1)  # the rest
+
+
+async def test_a_disabled_subscription_replays_nothing(store):
+    outbox = await subscribed(store, subscription("all"))
+    await put(store, job("a"))
+    await outbox.update_health("sub_all", set_status(SubscriptionStatus.DISABLED, "off"))
+    assert await outbox.replay("sub_all", 0.0, 10.0) == Replayed(0)
+    assert await outbox.replay("sub_none", 0.0, 10.0) == Replayed(0)
+    assert (await outbox.due("sub_all", LATER, 10)).deliveries == []
+
+
+# -- what outlives the process ------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+async def test_a_subscriptions_health_and_filter_outlive_the_store(kind, tmp_path):
+    url = f"sqlite:///{tmp_path}/health.db" if kind == "sqlite" else redis_url()
+    failing = Health(SubscriptionStatus.FAILING, 6, "answered 503", 10.0, 1, 20.0)
+    first = open_store(url)
+    await first.open()
+    await first.outbox.save_subscription(subscription("all", events=(EventKind.TERMINAL,)))
+    await first.outbox.update_health("sub_all", lambda h: failing)
+    await first.close()
+    again = open_store(url)
+    await again.open()
+    try:
+        kept = await again.outbox.subscription("sub_all")
+        await put(again, job("a"))
+        await again.apply("p", "a", bump(State.SUCCEEDED), source=Source.POLL, received_at=NOW)
+        delivered = versions(await again.outbox.deliveries("sub_all"))
+    finally:
+        await again.close()
+    assert (kept.health, kept.events) == (failing, (EventKind.TERMINAL,))
+    assert delivered == [("a", 2)]
+
+
+# -- subscriptions written before health and events were kept ------------------------------------
+
+async def test_a_sqlite_database_from_before_health_keeps_its_disabled_subscription(tmp_path):
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:  # the subscriptions table as it was
+        conn.execute("CREATE TABLE subscriptions (id TEXT PRIMARY KEY, url TEXT NOT NULL,"
+                     " topics TEXT NOT NULL, secret TEXT NOT NULL, origin TEXT NOT NULL,"
+                     " enabled INTEGER NOT NULL, disabled_reason TEXT, created_at TEXT NOT NULL)")
+        conn.executemany("INSERT INTO subscriptions VALUES (?, ?, '[\"*\"]', 's', 'api', ?, ?,"
+                         " '2026-01-01T00:00:00.000Z')",
+                         [("sub_on", "https://on.example/", 1, None),
+                          ("sub_off", "https://off.example/", 0, "410")])
+    old = open_store(f"sqlite:///{path}")
+    await old.open()
+    try:
+        kept = {s.id: s for s in await old.outbox.subscriptions()}
+        await put(old, job("a"))
+        made = {name: len(await old.outbox.deliveries(name)) for name in kept}
+    finally:
+        await old.close()
+    assert kept["sub_off"].health == Health(SubscriptionStatus.DISABLED, disabled_reason="410")
+    assert (kept["sub_on"].status, kept["sub_on"].events) == (SubscriptionStatus.ACTIVE, None)
+    assert made == {"sub_on": 1, "sub_off": 0}
+
+
+async def test_redis_subscriptions_from_before_health_keep_their_status_and_receive():
+    store = open_store(redis_url())
+    await store.open()
+    try:
+        old = {"id": "sub_off", "url": "https://off.example/", "topics": ["*"], "secret": "s",
+               "origin": "api", "enabled": False, "disabled_reason": "410",
+               "created_at": "2026-01-01T00:00:00.000Z"}
+        on = {**old, "id": "sub_on", "enabled": True, "disabled_reason": None}
+        await store.redis.hset(store._key("subs"), mapping={
+            "sub_off": json.dumps(old), "sub_on": json.dumps(on)})
+        await store.redis.hset(store._key("subs:on"), "sub_on", '["*"]')  # as it was written
+        await put(store, job("a"))
+        kept = {s.id: s for s in await store.outbox.subscriptions()}
+        made = len(await store.outbox.deliveries("sub_on"))
+        enabled = await store.outbox.update_health("sub_off",
+                                                   set_status(SubscriptionStatus.ACTIVE))
+        await put(store, job("b"))
+        after = versions(await store.outbox.deliveries("sub_off"))
+    finally:
+        await store.close()
+    assert kept["sub_off"].health == Health(SubscriptionStatus.DISABLED, disabled_reason="410")
+    assert kept["sub_on"].status is SubscriptionStatus.ACTIVE and made == 1
+    assert enabled[0].status is SubscriptionStatus.DISABLED
+    assert after == [("b", 1)]

@@ -32,7 +32,13 @@ from relay.limits import (
     WAIT_MAX,
 )
 from relay.models import Schema, Source, State
-from relay.store.outbox import DeliveryStatus
+from relay.store.outbox import (
+    REPLAY_MAX,
+    REPLAY_SCAN,
+    DeliveryStatus,
+    EventKind,
+    SubscriptionStatus,
+)
 
 JSON = dict[str, Any]
 
@@ -297,12 +303,41 @@ def _subscription_paths() -> JSON:
                 "200": _json(_ref("Subscription"), "The subscription."),
                 "401": _UNAUTHORIZED, "404": no_sub,
             }, tag="subscriptions", params=[sub_id]),
-            "delete": _op("Unsubscribe; its pending deliveries are dropped.", {
+            "delete": _op("Unsubscribe; its pending deliveries are dropped. A subscription "
+                          "from the configuration is never deleted by the relay (instances of "
+                          "a rolling deploy may declare different ones): delete here the ones "
+                          "no configuration declares any more.", {
                 "204": {"description": "Unsubscribed."},
                 "401": _UNAUTHORIZED, "404": no_sub,
-                "409": _error("Defined in the configuration (`config_subscription`)."),
+                "409": _error("The configuration of the instance that answers declares it "
+                              "(`config_subscription`): remove it there first."),
             }, tag="subscriptions", params=[sub_id]),
         },
+        "/v1/subscriptions/{id}/enable": {"post": _op(
+            "Make a `failing` or `disabled` subscription `active` again: it is sent to at full "
+            "width, and new events reach it; its failed deliveries stay failed (replay them).", {
+                "200": _json(_ref("Subscription"), "Active."),
+                "401": _UNAUTHORIZED, "404": no_sub,
+            }, tag="subscriptions", params=[sub_id])},
+        "/v1/subscriptions/{id}/replay": {"post": _op(
+            "Send again what the subscription was sent since a time: per job, its newest "
+            "delivery made since then (with `only_failed`, only where that one failed), as a "
+            "new delivery of the same event (the same `webhook-id`), started in event order. "
+            "A job is never taken back in time: one with a delivery still pending is left to "
+            f"it. At most {REPLAY_MAX} jobs (the most recent) and {REPLAY_SCAN} deliveries "
+            "looked at, newest first; past either, `truncated` is true and the older ones are "
+            "not replayed (with `only_failed`, the same call again goes on with them). Events "
+            "that came while the subscription was disabled were never addressed to it and are "
+            "not replayed.", {
+                "202": _json(_ref("Replayed"), "Queued."),
+                "400": _error("The body is not JSON (`invalid_json`)."),
+                "401": _UNAUTHORIZED, "404": no_sub,
+                "409": _error("The subscription is disabled (`subscription_disabled`): enable "
+                              "it first."),
+                "413": _error("The body is over the cap (`payload_too_large`)."),
+                "422": _error("`since` or `only_failed` is invalid (`invalid_request`, "
+                              "`details.field`)."),
+            }, tag="subscriptions", params=[sub_id], body=_ref("ReplayRequest"))},
         "/v1/subscriptions/{id}/deliveries": {"get": _op(
             "The subscription's deliveries, newest first, each with its attempts.", {
                 "200": _json(_object(["deliveries"], {"deliveries": {
@@ -320,7 +355,7 @@ def _subscription_paths() -> JSON:
                 "401": _UNAUTHORIZED, "404": _error("No such delivery."),
                 "409": _error("Not failed (`not_failed`); a newer update of the job was "
                               "delivered or is on its way (`superseded`); the subscription is "
-                              "disabled (`subscription_disabled`)."),
+                              "disabled (`subscription_disabled`): enable it first."),
             }, tag="subscriptions",
             params=[_param("id", "path", _STR, "The delivery's id.")])},
     }
@@ -446,13 +481,36 @@ def _subscription_schemas() -> JSON:
               "description": "Jobs with any of these topics (`job:<id>`, `provider:<name>`, "
                              "the ones given when tracking); `*` for every job."}
     secret = {"type": "string", "description": "`whsec_` and the base64 of 24 to 64 bytes."}
+    kinds = len(EventKind)
+    events = {"type": "array", "items": _enum(EventKind), "minItems": 1, "maxItems": kinds,
+              "uniqueItems": True,
+              "description": "The changes it receives: `created` (a job's first event), "
+                             "`state` (its state changed), `progress` (within its state, only "
+                             "its progress or stage changed), `terminal` (it reached a "
+                             "terminal state). Left out (or null): every event, including "
+                             "changes of none of these kinds (an output or provider status "
+                             "word within a state)."}
     subscription = {
-        "id": _STR, "url": _STR, "topics": topics,
+        "id": _STR, "url": _STR, "topics": topics, "events": _nullable(events),
+        "name": _nullable({"type": "string", "description": "The `name` of its "
+                           "`[[subscriptions]]` entry (its id is `sub_cfg-<name>`)."}),
         "origin": {"type": "string", "enum": ["api", "config"]},
-        "enabled": {"type": "boolean", "description": "False once the consumer answered 410."},
+        "status": {**_enum(SubscriptionStatus), "description": "`active`: sent to at full "
+                   "width. `failing`: 5 failed attempts in a row; one probe at a time (the "
+                   "oldest due delivery), further apart after each failed one, until one "
+                   "succeeds. `disabled`: it answered 410, or failed for longer than "
+                   "`server.delivery_max_age`; its pending deliveries failed and new events "
+                   "do not reach it until it is enabled."},
+        "consecutive_failures": {"type": "integer", "minimum": 0},
+        "last_error": _nullable({"type": "string", "description": "Of its latest failed "
+                                 "attempt; kept after it recovers."}),
+        "status_since": _nullable(timestamp),
+        "enabled": {"type": "boolean", "description": "`status` is not `disabled` (kept for "
+                    "clients written before `status`)."},
         "disabled_reason": _nullable(_STR), "created_at": timestamp,
     }
-    required = ["id", "url", "topics", "origin", "enabled", "created_at"]
+    required = ["id", "url", "topics", "events", "origin", "status", "consecutive_failures",
+                "last_error", "enabled", "created_at"]
     return {
         "SubscriptionRequest": _object(["url"], {
             "url": {"type": "string", "maxLength": URL_LENGTH,
@@ -460,9 +518,23 @@ def _subscription_schemas() -> JSON:
                     "private, link-local or metadata address unless "
                     "`server.allow_private_targets`."},
             "topics": {**topics, "default": ["*"]},
+            "events": events,
             "secret": {**secret, "description": "Generated when not given."},
         }),
         "Subscription": _object(required, subscription),
+        "ReplayRequest": _object(["since"], {
+            "since": {"type": "string", "format": "date-time", "maxLength": 64,
+                      "description": "ISO 8601 with its offset, e.g. `2026-01-02T03:04:05Z`: "
+                                     "the deliveries made since then."},
+            "only_failed": {"type": "boolean", "default": False,
+                            "description": "Only the jobs whose newest delivery failed."},
+        }),
+        "Replayed": _object(["replayed", "truncated"], {
+            "replayed": {"type": "integer", "minimum": 0, "maximum": REPLAY_MAX,
+                         "description": "Deliveries queued again (one per job)."},
+            "truncated": {"type": "boolean", "description": f"It stopped at {REPLAY_MAX} "
+                          f"jobs or {REPLAY_SCAN} deliveries looked at: older ones were left."},
+        }),
         "CreatedSubscription": _object([*required, "secret"], {**subscription, "secret": secret}),
         "Attempt": _object(["at", "duration", "status", "error"], {
             "at": timestamp, "duration": {"type": "number", "description": "Seconds."},

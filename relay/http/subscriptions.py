@@ -1,9 +1,12 @@
 """The subscriptions API: outbound webhook subscriptions and what became of their deliveries.
 
-    POST   /v1/subscriptions                  {"url", "topics"?, "secret"?}: 201, secret shown once
+    POST   /v1/subscriptions                  {"url", "topics"?, "events"?, "secret"?}: 201,
+                                              the secret shown once
     GET    /v1/subscriptions                  every subscription (never a secret)
     GET    /v1/subscriptions/{id}             one
-    DELETE /v1/subscriptions/{id}             204 (409 for one the config defines)
+    DELETE /v1/subscriptions/{id}             204 (409 for one this instance's config declares)
+    POST   /v1/subscriptions/{id}/enable      active again: 200
+    POST   /v1/subscriptions/{id}/replay      {"since", "only_failed"?}: 202 {"replayed", ...}
     GET    /v1/subscriptions/{id}/deliveries  ?status=&limit=, newest first, with attempts
     POST   /v1/deliveries/{id}/retry          a failed delivery, pending again
 """
@@ -26,7 +29,16 @@ from relay.models import isoformat, utcnow
 from relay.outbound.service import Outbound
 from relay.outbound.targets import url_problem
 from relay.signing import new_secret, signing_key
-from relay.store.outbox import Delivery, DeliveryStatus, Outbox, Retried, Subscription
+from relay.store.outbox import (
+    Delivery,
+    DeliveryStatus,
+    EventKind,
+    Health,
+    Outbox,
+    Retried,
+    Subscription,
+    events_problem,
+)
 
 _RETRY_REFUSED = {
     Retried.MISSING: (404, "not_found", "no such delivery"),
@@ -47,6 +59,8 @@ class Subscriptions:
                 Route("/v1/subscriptions", self.list, methods=["GET"]),
                 Route("/v1/subscriptions/{id}", self.get, methods=["GET"]),
                 Route("/v1/subscriptions/{id}", self.delete, methods=["DELETE"]),
+                Route("/v1/subscriptions/{id}/enable", self.enable, methods=["POST"]),
+                Route("/v1/subscriptions/{id}/replay", self.replay, methods=["POST"]),
                 Route("/v1/subscriptions/{id}/deliveries", self.deliveries, methods=["GET"]),
                 Route("/v1/deliveries/{id}/retry", self.retry, methods=["POST"])]
 
@@ -56,10 +70,13 @@ class Subscriptions:
         body = await read_object(request)
         url = _url(body)
         topics = topics_field(body, "topics", TOPICS_PER_SUBSCRIPTION, least=1, default=["*"])
+        events = _events(body)
         secret = _secret(body)
         await self._check_target(url)
+        now = utcnow()
         subscription = Subscription(f"sub_{secrets.token_hex(12)}", url, tuple(topics), secret,
-                                    created_at=isoformat(utcnow()))
+                                    created_at=isoformat(now), events=events,
+                                    health=Health(since=now.timestamp()))
         await outbox.save_subscription(subscription)
         self.outbound.changed()
         return JSONResponse({**subscription.to_dict(), "secret": secret}, status_code=201)
@@ -76,12 +93,34 @@ class Subscriptions:
     async def delete(self, request: Request) -> Response:
         outbox = self._authorised(request)
         subscription = await _subscription(outbox, request)
-        if subscription.origin == "config":
-            raise ApiError("this subscription is defined in the configuration; remove it there",
-                           status=409, code="config_subscription")
+        if self.outbound.declares(subscription.id):
+            raise ApiError("this subscription is defined in this instance's configuration; "
+                           "remove it there", status=409, code="config_subscription")
         await outbox.delete_subscription(subscription.id)
         self.outbound.changed()
         return Response(status_code=204)
+
+    async def enable(self, request: Request) -> Response:
+        """`POST /v1/subscriptions/{id}/enable`: active again, from failing or disabled."""
+        self._authorised(request)
+        enabled = await self.outbound.enable(request.path_params["id"])
+        if enabled is None:
+            raise ApiError("no such subscription", status=404, code="not_found")
+        return JSONResponse(enabled.to_dict())
+
+    async def replay(self, request: Request) -> Response:
+        """`POST /v1/subscriptions/{id}/replay {"since", "only_failed"?}`."""
+        outbox = self._authorised(request)
+        body = await read_object(request)
+        since, only_failed = _since(body), _flag(body, "only_failed")
+        subscription = await _subscription(outbox, request)
+        if not subscription.enabled:
+            raise ApiError("the subscription is disabled; enable it first "
+                           "(POST /v1/subscriptions/{id}/enable)", status=409,
+                           code="subscription_disabled")
+        replayed = await self.outbound.replay(subscription.id, since, only_failed=only_failed)
+        return JSONResponse({"replayed": replayed.count, "truncated": replayed.truncated},
+                            status_code=202)
 
     async def deliveries(self, request: Request) -> Response:
         """`GET /v1/subscriptions/{id}/deliveries?status=&limit=`: newest first."""
@@ -102,8 +141,9 @@ class Subscriptions:
             raise ApiError("no such delivery", status=404, code="not_found")
         subscription = await outbox.subscription(delivery.subscription_id)
         if subscription is None or not subscription.enabled:
-            raise ApiError("the subscription is disabled; create it again to deliver to it",
-                           status=409, code="subscription_disabled")
+            raise ApiError("the subscription is disabled; enable it first "
+                           "(POST /v1/subscriptions/{id}/enable)", status=409,
+                           code="subscription_disabled")
         retried = await outbox.retry_delivery(delivery.id, utcnow().timestamp())
         if retried is not Retried.RETRIED:
             status, code, message = _RETRY_REFUSED[retried]
@@ -162,6 +202,39 @@ def _url(body: dict[str, Any]) -> str:
     if problem is not None:
         raise invalid("url", problem)
     return url
+
+
+def _events(body: dict[str, Any]) -> tuple[EventKind, ...] | None:
+    value = body.get("events")
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(word, str) for word in value):
+        raise invalid("events", "expected a list of strings")
+    problem = events_problem(value)
+    if problem is not None:
+        raise invalid("events", problem)
+    return tuple(EventKind(word) for word in dict.fromkeys(value))
+
+
+def _since(body: dict[str, Any]) -> float:
+    value = body.get("since")
+    problem = "required, an ISO 8601 time with its offset, e.g. 2026-01-02T03:04:05Z"
+    if not isinstance(value, str) or len(value) > 64:
+        raise invalid("since", problem)
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise invalid("since", problem) from None
+    if moment.tzinfo is None:
+        raise invalid("since", problem)
+    return moment.timestamp()
+
+
+def _flag(body: dict[str, Any], name: str) -> bool:
+    value = body.get(name, False)
+    if not isinstance(value, bool):
+        raise invalid(name, "expected true or false")
+    return value
 
 
 def _secret(body: dict[str, Any]) -> str:

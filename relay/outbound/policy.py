@@ -3,7 +3,8 @@
 Seconds before each retry: SCHEDULE, then every REPEAT_EVERY until the next try would pass
 `server.delivery_max_age` (24 h); `server.delivery_retry_scale` multiplies both. Each wait is
 drawn within ±JITTER of the schedule, so consumers that failed together do not all come back
-at the same moment; a consumer's `Retry-After` is a floor. A 410 gives up at once.
+at the same moment; a consumer's `Retry-After` is a floor. A 410 gives up at once. The same
+schedule spaces a failing subscription's probes (relay.outbound.health).
 """
 
 from __future__ import annotations
@@ -39,8 +40,11 @@ class Policy:
         if sent.attempt.status == 410:
             return Outcome(delivery.id, sent.attempt, DeliveryStatus.FAILED, reason=GONE)
         tries = delivery.tries + 1
-        wait = max(self.wait(tries), sent.retry_after or 0.0)
+        floor = sent.retry_after or 0.0
+        wait = max(self.wait(tries), floor)
         if now + wait > delivery.since + self.max_age:
             return Outcome(delivery.id, sent.attempt, DeliveryStatus.FAILED,
-                           reason=f"gave up after {tries} attempts in {self.max_age:g} s")
-        return Outcome(delivery.id, sent.attempt, DeliveryStatus.PENDING, now + wait)
+                           reason=f"gave up after {tries} attempts in {self.max_age:g} s",
+                           retry_after=floor)
+        return Outcome(delivery.id, sent.attempt, DeliveryStatus.PENDING, now + wait,
+                       retry_after=floor)

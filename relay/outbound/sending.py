@@ -1,6 +1,6 @@
 """One outbound webhook attempt: the payload, its Standard Webhooks signature, and the POST,
-through a `Lanes` client, to the address the SSRF guard checked. `Sender.send` reports what
-came of it as a `Sent`; httpx's exceptions end in this module.
+through a `Lanes` client (which keeps no cookies), to the address the SSRF guard checked.
+`Sender.send` reports what came of it as a `Sent`; httpx's exceptions end in this module.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import json
 import ssl
 import time
 from dataclasses import dataclass
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 
 import httpx
 
@@ -135,7 +136,7 @@ class Lanes:
         if self._free:
             return self._free.pop()  # the most recently used: its connection is still open
         client = httpx.AsyncClient(timeout=TIMEOUT, limits=_ONE, verify=_tls(),
-                                   follow_redirects=False)
+                                   follow_redirects=False, cookies=_no_cookies())
         self._made.append(client)
         return client
 
@@ -148,6 +149,13 @@ class Lanes:
 
 
 _ONE = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+
+
+def _no_cookies() -> CookieJar:
+    """A jar that keeps nothing: a lane is shared by every delivery of its subscription, and
+    httpx would otherwise send a consumer's Set-Cookie back with the next one (a session that
+    no delivery asked for, and a channel between deliveries)."""
+    return CookieJar(DefaultCookiePolicy(allowed_domains=[]))
 
 
 @functools.cache

@@ -60,6 +60,20 @@ class Metrics:
                                       registry=r)
         self.outbound_oldest = Gauge("relay_outbound_oldest_pending_seconds",
                                      "Age of the oldest pending outbound delivery", registry=r)
+        self.outbound_subscriptions = Gauge(
+            "relay_outbound_subscriptions",
+            "Outbound webhook subscriptions, by status (active, failing, disabled)", ["status"],
+            registry=r)
+        self.outbound_transitions = Counter(
+            "relay_outbound_transitions",
+            "Outbound subscriptions that moved into a status (active, failing, disabled)",
+            ["status"], registry=r)
+        self.outbound_probes = Counter(
+            "relay_outbound_probes", "Probes sent to failing outbound subscriptions",
+            registry=r)
+        self.outbound_replayed = Counter(
+            "relay_outbound_replayed", "Outbound deliveries queued again by replays",
+            registry=r)
 
     def count_ignored_fields(self, provider: str, paths: Iterable[str]) -> None:
         """Count each ignored field once. Paths become labels with their list indices dropped

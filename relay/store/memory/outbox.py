@@ -1,6 +1,7 @@
 """The memory backend's outbox (relay.store.outbox): plain dicts, for tests and `memory://`.
 
-`MemoryStore.apply` calls `enqueue` with each new event, in the same step that appends it.
+`MemoryStore.apply` calls `enqueue` with each new event and the job before it, in the same
+step that appends it.
 """
 
 from __future__ import annotations
@@ -10,19 +11,27 @@ import time
 from collections.abc import Collection, Sequence
 from typing import Any
 
-from relay.models import Event
+from relay.models import Event, Job
 from relay.store.outbox import (
     MAX_ATTEMPTS_KEPT,
+    REPLAY_MAX,
     Delivery,
     DeliveryStatus,
     Due,
+    Health,
+    HealthChange,
     OutboxStats,
     Outcome,
+    Replayed,
     Retried,
     Subscription,
+    SubscriptionStatus,
+    event_kinds,
+    replay_choice,
 )
 
 PENDING = DeliveryStatus.PENDING
+DISABLED = SubscriptionStatus.DISABLED
 
 
 def number(delivery_id: str) -> int:
@@ -42,16 +51,21 @@ class MemoryOutbox:
         self._delivered: dict[tuple[str, str], int] = {}  # newest delivered, by (sub, job)
         self._count = 0
 
-    def enqueue(self, event: Event) -> None:
-        now = time.time()
+    def enqueue(self, event: Event, previous: Job | None) -> None:
+        if not self._subscriptions:
+            return
+        now, kinds = time.time(), event_kinds(previous, event.job)
         for subscription in self._subscriptions.values():
-            if subscription.enabled and subscription.wants(event.job.topics):
-                self._count += 1
-                delivery = Delivery(f"dlv_{self._count}", subscription.id, event, PENDING,
-                                    created_at=now, next_at=now, since=now)
-                self._deliveries[delivery.id] = delivery
-                self._listed[subscription.id].append(delivery.id)
-                self._queue(delivery).append(delivery.id)
+            if subscription.enabled and subscription.wants(event.job.topics, kinds):
+                self._add(subscription.id, event, now, now)
+
+    def _add(self, subscription_id: str, event: Event, now: float, due: float) -> None:
+        self._count += 1
+        delivery = Delivery(f"dlv_{self._count}", subscription_id, event, PENDING,
+                            created_at=now, next_at=due, since=now)
+        self._deliveries[delivery.id] = delivery
+        self._listed[subscription_id].append(delivery.id)
+        self._queue(delivery).append(delivery.id)
 
     def _queue(self, delivery: Delivery) -> list[str]:
         return self._queues[delivery.subscription_id].setdefault(delivery.job_id, [])
@@ -61,7 +75,8 @@ class MemoryOutbox:
     async def save_subscription(self, subscription: Subscription) -> None:
         known = self._subscriptions.get(subscription.id)
         if known is not None:
-            subscription = dataclasses.replace(subscription, created_at=known.created_at)
+            subscription = dataclasses.replace(subscription, created_at=known.created_at,
+                                               health=known.health)
         self._subscriptions[subscription.id] = subscription
         self._listed.setdefault(subscription.id, [])
         self._queues.setdefault(subscription.id, {})
@@ -82,12 +97,19 @@ class MemoryOutbox:
             del self._delivered[key]
         return True
 
-    async def disable_subscription(self, subscription_id: str, reason: str) -> None:
+    async def update_health(self, subscription_id: str, change: HealthChange
+                            ) -> tuple[Health, Health] | None:
         subscription = self._subscriptions.get(subscription_id)
         if subscription is None:
-            return
-        self._subscriptions[subscription_id] = dataclasses.replace(
-            subscription, enabled=False, disabled_reason=reason)
+            return None
+        before = subscription.health
+        after = change(before)
+        self._subscriptions[subscription_id] = dataclasses.replace(subscription, health=after)
+        if after.status is DISABLED and before.status is not DISABLED:
+            self._fail_pending(subscription_id, after.disabled_reason or "disabled")
+        return before, after
+
+    def _fail_pending(self, subscription_id: str, reason: str) -> None:
         for queue in self._queues[subscription_id].values():
             for delivery_id in queue:
                 self._set(delivery_id, status=DeliveryStatus.FAILED, reason=reason)
@@ -163,6 +185,21 @@ class MemoryOutbox:
         queue.append(delivery_id)
         queue.sort(key=number)
         return Retried.RETRIED
+
+    async def replay(self, subscription_id: str, since: float, now: float, *,
+                     only_failed: bool = False, limit: int = REPLAY_MAX) -> Replayed:
+        subscription = self._subscriptions.get(subscription_id)
+        if subscription is None or not subscription.enabled:
+            return Replayed(0)
+        listed = (self._deliveries[i] for i in reversed(self._listed[subscription_id]))
+        chosen, truncated = replay_choice(
+            ((d.id, d.job_id, d.status, d.created_at) for d in listed), since, only_failed,
+            limit)
+        for order, delivery_id in enumerate(chosen):
+            # A microsecond apart, so the due order is the event order in every backend.
+            self._add(subscription_id, self._deliveries[delivery_id].event, now,
+                      now + order * 1e-6)
+        return Replayed(len(chosen), truncated)
 
     async def outbox_stats(self) -> OutboxStats:
         pending = [self._deliveries[i] for queues in self._queues.values()

@@ -47,7 +47,7 @@ class MemoryStore(Store):
         self._events.append(event)
         self._jobs[new.id] = new
         self._by_key[(provider, external_id)] = new.id
-        self._outbox.enqueue(event)
+        self._outbox.enqueue(event, current)
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
         return Applied(new, event)

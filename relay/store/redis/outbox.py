@@ -4,8 +4,12 @@ The apply script calls `enqueue` (ENQUEUE_LUA, prepended to it) after it appends
 the deliveries are written in the same atomic step as their event. Every other change is one
 Lua script too, so instances sharing the Redis never see half of one.
 
-Keys, under the prefix: `subs` (hash: id -> subscription JSON), `subs:on` (hash: id -> topics
-JSON, enabled ones only: what `enqueue` reads), `dseq` (counter), `dlv:<id>` (hash: n, sub, job,
+Keys, under the prefix: `subs` (hash: id -> subscription JSON), `sh:<sub>` (hash: its health:
+v version, st status, f failures, err last error, ss since, pr probes, pa probe at, why
+disabled reason; absent for a subscription saved before health was kept, whose JSON says
+whether it is enabled), `subs:on` (hash: id -> `{"t": topics, "e": events or null}`, or a
+topics list as written before events, for the subscriptions not disabled: what `enqueue`
+reads), `dseq` (counter), `dlv:<id>` (hash: n, sub, job,
 c cursor, j job, s source, r received_at, st status, ca created, na next, t tries, si since,
 by superseded by, why reason), `att:<id>` (list of attempt JSON), `dq:<sub>:<job>` (zset: the
 pending queue, by n), `due:<sub>` (zset: the queues' heads, by next time), `dall:<sub>` (zset:
@@ -16,40 +20,69 @@ KEEP_FINISHED; listing drops the ids whose hash is gone.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Collection, Sequence
 from typing import Any
 
+from relay.errors import StoreError
 from relay.models import Event, Job, Source
 from relay.store.outbox import (
     KEEP_FINISHED,
     MAX_ATTEMPTS_KEPT,
+    REPLAY_MAX,
+    REPLAY_SCAN,
     Attempt,
     Delivery,
     DeliveryStatus,
     Due,
+    EventKind,
+    Health,
+    HealthChange,
     OutboxStats,
     Outcome,
+    Replayed,
+    ReplayRow,
     Retried,
     Subscription,
+    SubscriptionStatus,
+    event_kinds,
+    replay_choice,
 )
 from relay.store.redis.client import Connection, translated
 
 MAX_LIST_SCAN = 5000
+MAX_HEALTH_ATTEMPTS = 100
 
-# enqueue(prefix, job id, cursor, job json, source, received_at, job topics json)
+
+def kinds_arg(previous: Job | None, job: Job | None) -> str:
+    """The apply script's argument for `enqueue`: the kinds of the event (relay.store.outbox
+    decides them; the script only compares)."""
+    return "[]" if job is None else json.dumps(sorted(event_kinds(previous, job)))
+
+
+# enqueue(prefix, job id, cursor, job json, source, received_at, job topics json, kinds json)
 ENQUEUE_LUA = """
-local function enqueue(P, job_id, cursor, body, source, received, topics_json)
+local function enqueue(P, job_id, cursor, body, source, received, topics_json, kinds_json)
   local subs = redis.call('HGETALL', P .. 'subs:on')
   if #subs == 0 then return end
-  local topics = {}
+  local topics, kinds = {}, {}
   for _, topic in ipairs(cjson.decode(topics_json)) do topics[topic] = true end
+  for _, kind in ipairs(cjson.decode(kinds_json or '[]')) do kinds[kind] = true end
   local clock = redis.call('TIME')
   local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
   for i = 1, #subs, 2 do
-    local wanted = false
-    for _, topic in ipairs(cjson.decode(subs[i + 1])) do
+    local wanted, want = false, cjson.decode(subs[i + 1])
+    local events = want.e
+    if want.t then want = want.t end
+    for _, topic in ipairs(want) do
       if topic == '*' or topics[topic] then wanted = true end
+    end
+    if wanted and type(events) == 'table' then
+      wanted = false
+      for _, kind in ipairs(events) do
+        if kinds[kind] then wanted = true end
+      end
     end
     if wanted then
       local sub = subs[i]
@@ -138,29 +171,97 @@ redis.call('ZADD', P .. 'pend:' .. d[1], d[5], id)
 return 'retried'
 """
 
-# ARGV: prefix, subscription id, reason ('' to delete), subscription json when disabling,
-#       keep seconds
-_DROP = """
-local P, sub, reason = ARGV[1], ARGV[2], ARGV[3]
+_FAIL_PENDING = """
+local function fail_pending(P, sub, reason, keep)
+  for _, id in ipairs(redis.call('ZRANGE', P .. 'pend:' .. sub, 0, -1)) do
+    local key = P .. 'dlv:' .. id
+    redis.call('DEL', P .. 'dq:' .. sub .. ':' .. redis.call('HGET', key, 'job'))
+    redis.call('HSET', key, 'st', 'failed', 'why', reason)
+    redis.call('EXPIRE', key, keep)
+    redis.call('EXPIRE', P .. 'att:' .. id, keep)
+  end
+  redis.call('DEL', P .. 'pend:' .. sub, P .. 'due:' .. sub)
+end
+"""
+
+# ARGV: prefix, subscription id, keep seconds
+_DROP = _FAIL_PENDING + """
+local P, sub = ARGV[1], ARGV[2]
 if redis.call('HEXISTS', P .. 'subs', sub) == 0 then return 0 end
 redis.call('HDEL', P .. 'subs:on', sub)
-for _, id in ipairs(redis.call('ZRANGE', P .. 'pend:' .. sub, 0, -1)) do
-  local key = P .. 'dlv:' .. id
-  redis.call('DEL', P .. 'dq:' .. sub .. ':' .. redis.call('HGET', key, 'job'))
-  redis.call('HSET', key, 'st', 'failed', 'why', reason)
-  redis.call('EXPIRE', key, ARGV[5])
-end
-redis.call('DEL', P .. 'pend:' .. sub, P .. 'due:' .. sub)
-if reason ~= '' then
-  redis.call('HSET', P .. 'subs', sub, ARGV[4])
-  return 1
-end
+fail_pending(P, sub, 'deleted', ARGV[3])
 for _, id in ipairs(redis.call('ZRANGE', P .. 'dall:' .. sub, 0, -1)) do
   redis.call('DEL', P .. 'dlv:' .. id, P .. 'att:' .. id)
 end
-redis.call('DEL', P .. 'dall:' .. sub, P .. 'hw:' .. sub)
+redis.call('DEL', P .. 'dall:' .. sub, P .. 'hw:' .. sub, P .. 'sh:' .. sub)
 redis.call('HDEL', P .. 'subs', sub)
 return 1
+"""
+
+_HEALTH_FIELDS = "'st', ARGV[5], 'f', ARGV[6], 'err', ARGV[7], 'ss', ARGV[8], 'pr', ARGV[9], " \
+                 "'pa', ARGV[10], 'why', ARGV[11]"
+
+# ARGV: prefix, id, subscription json, subs:on value, [5..11] health (kept when it has one)
+_SAVE = f"""
+local P, sub = ARGV[1], ARGV[2]
+local key = P .. 'sh:' .. sub
+redis.call('HSET', P .. 'subs', sub, ARGV[3])
+if redis.call('EXISTS', key) == 0 then redis.call('HSET', key, 'v', 1, {_HEALTH_FIELDS}) end
+if redis.call('HGET', key, 'st') == 'disabled' then
+  redis.call('HDEL', P .. 'subs:on', sub)
+else
+  redis.call('HSET', P .. 'subs:on', sub, ARGV[4])
+end
+"""
+
+# ARGV: prefix, id, version read ('' none), status before, [5..11] health after, keep seconds.
+# Compare-and-set: another change since the read answers 'conflict', and it is read again.
+_HEALTH = _FAIL_PENDING + f"""
+local P, sub = ARGV[1], ARGV[2]
+local body = redis.call('HGET', P .. 'subs', sub)
+if not body then return 'missing' end
+local key = P .. 'sh:' .. sub
+local v = redis.call('HGET', key, 'v') or ''
+if v ~= ARGV[3] then return 'conflict' end
+redis.call('HSET', key, 'v', (tonumber(v) or 0) + 1, {_HEALTH_FIELDS})
+if ARGV[5] == 'disabled' and ARGV[4] ~= 'disabled' then
+  redis.call('HDEL', P .. 'subs:on', sub)
+  fail_pending(P, sub, ARGV[11], ARGV[12])
+elseif ARGV[5] ~= 'disabled' and ARGV[4] == 'disabled' then
+  local s = cjson.decode(body)
+  redis.call('HSET', P .. 'subs:on', sub, cjson.encode({{t = s.topics, e = s.events}}))
+end
+return 'ok'
+"""
+
+# ARGV: prefix, subscription id, only failed ('1' or '0'), now, delivery ids (oldest first).
+# Each is copied unless, meanwhile, its job has a pending delivery or a newer one delivered.
+_REPLAY = """
+local P, sub, only_failed, now = ARGV[1], ARGV[2], ARGV[3] == '1', tonumber(ARGV[4])
+if redis.call('HEXISTS', P .. 'subs:on', sub) == 0 then return 0 end
+local count = 0
+for i = 5, #ARGV do
+  local d = redis.call('HMGET', P .. 'dlv:' .. ARGV[i], 'sub', 'job', 'c', 'j', 's', 'r', 'st',
+    'n')
+  local queue = P .. 'dq:' .. sub .. ':' .. (d[2] or '')
+  local ok = d[1] == sub and (d[7] == 'failed' or (d[7] == 'delivered' and not only_failed))
+  if ok and redis.call('ZCARD', queue) == 0
+      and tonumber(redis.call('HGET', P .. 'hw:' .. sub, d[2]) or '0') <= tonumber(d[8]) then
+    local n = redis.call('INCR', P .. 'dseq')
+    local id = 'dlv_' .. n
+    -- a microsecond apart, so the due order is the event order in every backend; every
+    -- digit of the double written (%.6f would round neighbours to one value)
+    local due = string.format('%.17g', now + count / 1000000)
+    redis.call('HSET', P .. 'dlv:' .. id, 'n', n, 'sub', sub, 'job', d[2], 'c', d[3], 'j', d[4],
+      's', d[5], 'r', d[6], 'st', 'pending', 'ca', ARGV[4], 'na', due, 't', 0, 'si', ARGV[4])
+    redis.call('ZADD', P .. 'due:' .. sub, due, id)
+    redis.call('ZADD', queue, n, id)
+    redis.call('ZADD', P .. 'dall:' .. sub, n, id)
+    redis.call('ZADD', P .. 'pend:' .. sub, ARGV[4], id)
+    count = count + 1
+  end
+end
+return count
 """
 
 
@@ -174,47 +275,66 @@ class RedisOutbox:
         self._finish_script = self.redis.register_script(_FINISH)
         self._retry_script = self.redis.register_script(_RETRY)
         self._drop_script = self.redis.register_script(_DROP)
+        self._save_script = self.redis.register_script(_SAVE)
+        self._health_script = self.redis.register_script(_HEALTH)
+        self._replay_script = self.redis.register_script(_REPLAY)
 
     # -- subscriptions --------------------------------------------------------------------
 
     async def save_subscription(self, subscription: Subscription) -> None:
         known = await self.subscription(subscription.id)
-        created = known.created_at if known is not None else subscription.created_at
-        body = _subscription_json(subscription, created)
-        async with translated(), self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(self._key("subs"), subscription.id, body)
-            if subscription.enabled:
-                pipe.hset(self._key("subs:on"), subscription.id,
-                          json.dumps(list(subscription.topics)))
-            else:
-                pipe.hdel(self._key("subs:on"), subscription.id)
-            await pipe.execute()
+        s = subscription if known is None else dataclasses.replace(
+            subscription, created_at=known.created_at, health=known.health)
+        on = json.dumps({"t": list(s.topics), "e": _events(s.events)})
+        async with translated():
+            await self._save_script(args=[self.prefix, s.id, _subscription_json(s), on,
+                                          *_health_args(s.health)])
 
     async def subscriptions(self) -> list[Subscription]:
         async with translated():
-            found = await self.redis.hvals(self._key("subs"))
-        return sorted((_subscription(body) for body in found), key=lambda s: (s.created_at, s.id))
+            bodies = await self.redis.hgetall(self._key("subs"))
+            found = await self._with_health(bodies)
+        return sorted(found, key=lambda s: (s.created_at, s.id))
 
     async def subscription(self, subscription_id: str) -> Subscription | None:
         async with translated():
             body = await self.redis.hget(self._key("subs"), subscription_id)
-        return _subscription(body) if body else None
+            found = await self._with_health({subscription_id: body} if body else {})
+        return found[0] if found else None
+
+    async def _with_health(self, bodies: dict[str, str]) -> list[Subscription]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for subscription_id in bodies:
+                pipe.hgetall(self._key("sh", subscription_id))
+            healths = await pipe.execute()
+        return [_subscription(body, health)
+                for body, health in zip(bodies.values(), healths, strict=True)]
 
     async def delete_subscription(self, subscription_id: str) -> bool:
-        return await self._drop(subscription_id, "", "")
-
-    async def disable_subscription(self, subscription_id: str, reason: str) -> None:
-        known = await self.subscription(subscription_id)
-        if known is not None:
-            off = Subscription(known.id, known.url, known.topics, known.secret, known.origin,
-                               False, reason, known.created_at)
-            await self._drop(subscription_id, reason, _subscription_json(off, off.created_at))
-
-    async def _drop(self, subscription_id: str, reason: str, body: str) -> bool:
         async with translated():
-            dropped = await self._drop_script(
-                args=[self.prefix, subscription_id, reason, body, KEEP_FINISHED])
+            dropped = await self._drop_script(args=[self.prefix, subscription_id, KEEP_FINISHED])
         return bool(dropped)
+
+    async def update_health(self, subscription_id: str, change: HealthChange
+                            ) -> tuple[Health, Health] | None:
+        async with translated():
+            for _ in range(MAX_HEALTH_ATTEMPTS):
+                async with self.redis.pipeline(transaction=True) as pipe:
+                    pipe.hget(self._key("subs"), subscription_id)
+                    pipe.hgetall(self._key("sh", subscription_id))
+                    body, fields = await pipe.execute()
+                if body is None:
+                    return None
+                before = _health(fields, json.loads(body))
+                after = change(before)
+                if after == before:
+                    return before, after
+                answer = await self._health_script(args=[
+                    self.prefix, subscription_id, fields.get("v", ""), before.status.value,
+                    *_health_args(after), KEEP_FINISHED])
+                if answer != "conflict":
+                    return None if answer == "missing" else (before, after)
+        raise StoreError(f"gave up changing the health of {subscription_id}: too much contention")
 
     # -- deliveries -----------------------------------------------------------------------
 
@@ -275,6 +395,33 @@ class RedisOutbox:
             answer = await self._retry_script(args=[self.prefix, delivery_id, now])
         return Retried(answer)
 
+    async def replay(self, subscription_id: str, since: float, now: float, *,
+                     only_failed: bool = False, limit: int = REPLAY_MAX) -> Replayed:
+        async with translated():
+            rows = await self._newest_first(subscription_id, since)
+            chosen, truncated = replay_choice(rows, since, only_failed, limit)
+            count = await self._replay_script(args=[
+                self.prefix, subscription_id, "1" if only_failed else "0", repr(now), *chosen])
+        return Replayed(int(count), truncated)
+
+    async def _newest_first(self, subscription_id: str, since: float) -> list[ReplayRow]:
+        """The subscription's deliveries newest first, back to `since` or REPLAY_SCAN of them
+        (a page more at most); expired ones left out."""
+        rows: list[ReplayRow] = []
+        for start in range(0, REPLAY_SCAN + 1, 500):
+            ids = await self.redis.zrevrange(self._key("dall", subscription_id), start,
+                                             start + 499)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for delivery_id in ids:
+                    pipe.hmget(self._key("dlv", delivery_id), "job", "st", "ca")
+                answers = await pipe.execute()
+            rows += [(delivery_id, job, DeliveryStatus(status), float(created))
+                     for delivery_id, (job, status, created) in zip(ids, answers, strict=True)
+                     if job is not None]
+            if len(ids) < 500 or (rows and rows[-1][3] < since):
+                break
+        return rows
+
     async def outbox_stats(self) -> OutboxStats:
         async with translated():
             ids = await self.redis.hkeys(self._key("subs"))
@@ -287,14 +434,39 @@ class RedisOutbox:
         return OutboxStats(sum(answers[::2]), min(oldest, default=None))
 
 
-def _subscription_json(s: Subscription, created_at: str) -> str:
-    return json.dumps({**s.to_dict(), "created_at": created_at, "secret": s.secret})
+def _subscription_json(s: Subscription) -> str:
+    """Its definition; the health is kept apart (`sh:<id>`)."""
+    return json.dumps({"id": s.id, "url": s.url, "topics": list(s.topics), "secret": s.secret,
+                       "origin": s.origin, "created_at": s.created_at,
+                       "events": _events(s.events), "name": s.name})
 
 
-def _subscription(body: str) -> Subscription:
+def _events(events: tuple[EventKind, ...] | None) -> list[str] | None:
+    return None if events is None else [e.value for e in events]
+
+
+def _subscription(body: str, health: dict[str, str]) -> Subscription:
     d = json.loads(body)
+    events = d.get("events")
     return Subscription(d["id"], d["url"], tuple(d["topics"]), d["secret"], d["origin"],
-                        d["enabled"], d["disabled_reason"], d["created_at"])
+                        d["created_at"],
+                        None if events is None else tuple(EventKind(e) for e in events),
+                        d.get("name"), _health(health, d))
+
+
+def _health(f: dict[str, str], legacy: dict[str, Any]) -> Health:
+    """From `sh:<id>`; for a subscription saved before it, from what its JSON said."""
+    if not f:
+        disabled = legacy.get("enabled") is False
+        return Health(SubscriptionStatus.DISABLED if disabled else SubscriptionStatus.ACTIVE,
+                      disabled_reason=legacy.get("disabled_reason"))
+    return Health(SubscriptionStatus(f["st"]), int(f["f"]), f["err"] or None, float(f["ss"]),
+                  int(f["pr"]), float(f["pa"]), f["why"] or None)
+
+
+def _health_args(h: Health) -> list[str | int | float]:
+    return [h.status.value, h.consecutive_failures, h.last_error or "", repr(h.since), h.probes,
+            repr(h.probe_at), h.disabled_reason or ""]
 
 
 def _delivery(delivery_id: str, f: dict[str, str], attempts: list[str]) -> Delivery:

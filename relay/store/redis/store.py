@@ -32,7 +32,7 @@ from relay.store import Applied, Change, JobQuery, Store
 from relay.store.health import WriteHealth
 from relay.store.redis.client import Connection, translated
 from relay.store.redis.leases import RedisLeases
-from relay.store.redis.outbox import ENQUEUE_LUA, RedisOutbox
+from relay.store.redis.outbox import ENQUEUE_LUA, RedisOutbox, kinds_arg
 
 MAX_ATTEMPTS = 100
 MAX_BLOCK = 5.0  # seconds; below the client's socket timeout, so a blocking read never trips it
@@ -43,7 +43,7 @@ _CURSOR = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")  # ASCII: \d would take "²" to
 # KEYS: events, job hash, key index, history, jobs zset, seq, dedupe key ('' for none)
 # ARGV: expected version (-1: absent), job json ('' for no change), job id, source,
 #       received_at, retention, new version, old state, new state, old topics, new topics,
-#       prefix, dedupe ttl, external id
+#       prefix, dedupe ttl, external id, the event's kinds (relay.store.redis.outbox.kinds_arg)
 # enqueue (ENQUEUE_LUA) adds the event's outbound deliveries in the same step.
 _APPLY = ENQUEUE_LUA + """
 if KEYS[7] ~= '' and redis.call('EXISTS', KEYS[7]) == 1 then return {'duplicate'} end
@@ -77,7 +77,7 @@ if ARGV[10] ~= ARGV[11] then
     redis.call('SADD', ARGV[12] .. 'topic:' .. topic, id)
   end
 end
-enqueue(ARGV[12], id, cursor, ARGV[2], ARGV[4], ARGV[5], ARGV[11])
+enqueue(ARGV[12], id, cursor, ARGV[2], ARGV[4], ARGV[5], ARGV[11], ARGV[15])
 return {'applied', cursor}
 """
 
@@ -172,7 +172,7 @@ class RedisStore(Store):
             new.state.value if new is not None else "",
             json.dumps(list(current.topics)) if current is not None else "[]",
             json.dumps(list(new.topics)) if new is not None else "[]",
-            self.prefix, DEDUPE_SECONDS, external_id,
+            self.prefix, DEDUPE_SECONDS, external_id, kinds_arg(current, new),
         ]
         try:
             result: list[str] = await self._apply_script(keys=keys, args=args)

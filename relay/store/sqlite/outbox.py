@@ -7,6 +7,10 @@ the writer thread too, each call in one transaction; the outbound worker batches
 so recording them costs a commit per batch, not per delivery.
 
 The head of a (subscription, job) queue is its pending row with no older pending row.
+
+A subscription's health is columns of its row (`status`, `failures`, ...); `enabled` mirrors
+"not disabled", for the writer's filter. Databases from before them get them at open
+(`upgrade_outbox`), a subscription that was disabled staying disabled.
 """
 
 from __future__ import annotations
@@ -21,15 +25,26 @@ from relay.models import Event, Job, Source
 from relay.store.outbox import (
     KEEP_FINISHED,
     MAX_ATTEMPTS_KEPT,
+    REPLAY_MAX,
+    REPLAY_SCAN,
     Attempt,
     Delivery,
     DeliveryStatus,
     Due,
+    EventKind,
+    Health,
+    HealthChange,
     OutboxStats,
     Outcome,
+    Replayed,
     Retried,
     Subscription,
+    SubscriptionStatus,
+    event_kinds,
+    replay_choice,
+    replayable,
     wants,
+    wants_events,
 )
 from relay.store.sqlite.database import Database
 
@@ -42,7 +57,15 @@ CREATE TABLE IF NOT EXISTS subscriptions (
     origin TEXT NOT NULL,
     enabled INTEGER NOT NULL,
     disabled_reason TEXT,
-    created_at TEXT NOT NULL
+    created_at TEXT NOT NULL,
+    events TEXT,
+    name TEXT,
+    status TEXT NOT NULL DEFAULT 'active',
+    failures INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    status_since REAL NOT NULL DEFAULT 0,
+    probes INTEGER NOT NULL DEFAULT 0,
+    probe_at REAL NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS deliveries (
     n INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -71,8 +94,24 @@ _COLUMNS = ("d.n, d.subscription_id, d.status, d.created_at, d.next_at, d.tries,
 _FROM = "FROM deliveries d JOIN events e ON e.seq = d.seq"
 _HEAD = ("NOT EXISTS (SELECT 1 FROM deliveries o WHERE o.subscription_id = d.subscription_id"
          " AND o.job_id = d.job_id AND o.status = 'pending' AND o.n < d.n)")
-_SUBSCRIPTION = ("SELECT id, url, topics, secret, origin, enabled, disabled_reason, created_at"
+_HEALTH = "status, failures, last_error, status_since, probes, probe_at, disabled_reason"
+_SUBSCRIPTION = (f"SELECT id, url, topics, secret, origin, created_at, events, name, {_HEALTH}"
                  " FROM subscriptions")
+_ADDED_COLUMNS = {"events": "TEXT", "name": "TEXT",
+                  "status": "TEXT NOT NULL DEFAULT 'active'",
+                  "failures": "INTEGER NOT NULL DEFAULT 0", "last_error": "TEXT",
+                  "status_since": "REAL NOT NULL DEFAULT 0",
+                  "probes": "INTEGER NOT NULL DEFAULT 0", "probe_at": "REAL NOT NULL DEFAULT 0"}
+
+
+def upgrade_outbox(conn: sqlite3.Connection) -> None:
+    """Add the columns a database made before them lacks (after OUTBOX_SCHEMA ran)."""
+    known = {row[1] for row in conn.execute("PRAGMA table_info(subscriptions)")}
+    for column, kind in _ADDED_COLUMNS.items():
+        if column not in known:
+            conn.execute(f"ALTER TABLE subscriptions ADD COLUMN {column} {kind}")
+    if "status" not in known:
+        conn.execute("UPDATE subscriptions SET status = 'disabled' WHERE enabled = 0")
 
 
 class Enqueuer:
@@ -83,17 +122,23 @@ class Enqueuer:
         self.conn = conn
         self.now = time.time()
         self.rows: list[tuple[str, str, int, float, float, float]] = []
-        self._subscriptions: list[tuple[str, list[str]]] | None = None
+        self._subscriptions: list[tuple[str, list[str], list[str] | None]] | None = None
 
-    def add(self, seq: int, job: Job) -> None:
-        for subscription_id, topics in self._subscribed():
-            if wants(topics, job.topics):
+    def add(self, seq: int, job: Job, previous: Job | None) -> None:
+        subscribed = self._subscribed()
+        if not subscribed:
+            return
+        kinds = event_kinds(previous, job)
+        for subscription_id, topics, events in subscribed:
+            if wants(topics, job.topics) and wants_events(events, kinds):
                 self.rows.append((subscription_id, job.id, seq, self.now, self.now, self.now))
 
-    def _subscribed(self) -> list[tuple[str, list[str]]]:
+    def _subscribed(self) -> list[tuple[str, list[str], list[str] | None]]:
         if self._subscriptions is None:
-            rows = self.conn.execute("SELECT id, topics FROM subscriptions WHERE enabled = 1")
-            self._subscriptions = [(row[0], json.loads(row[1])) for row in rows]
+            rows = self.conn.execute(
+                "SELECT id, topics, events FROM subscriptions WHERE enabled = 1")
+            self._subscriptions = [(row[0], json.loads(row[1]), _events_list(row[2]))
+                                   for row in rows]
         return self._subscriptions
 
     def flush(self) -> None:
@@ -112,14 +157,15 @@ class SQLiteOutbox:
     # -- subscriptions --------------------------------------------------------------------
 
     async def save_subscription(self, subscription: Subscription) -> None:
-        s = subscription
+        s, h = subscription, subscription.health
         await self._db.transaction(lambda conn: conn.execute(
-            "INSERT INTO subscriptions VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE"
-            " SET url = excluded.url, topics = excluded.topics, secret = excluded.secret,"
-            " origin = excluded.origin, enabled = excluded.enabled,"
-            " disabled_reason = excluded.disabled_reason",
-            (s.id, s.url, json.dumps(list(s.topics)), s.secret, s.origin, int(s.enabled),
-             s.disabled_reason, s.created_at)))
+            "INSERT INTO subscriptions (id, url, topics, secret, origin, created_at, events,"
+            f" name, enabled, {_HEALTH}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (id) DO UPDATE SET url = excluded.url, topics = excluded.topics,"
+            " secret = excluded.secret, origin = excluded.origin, events = excluded.events,"
+            " name = excluded.name",
+            (s.id, s.url, json.dumps(list(s.topics)), s.secret, s.origin, s.created_at,
+             _events_json(s.events), s.name, int(s.enabled), *_health_row(h))))
 
     async def subscriptions(self) -> list[Subscription]:
         rows = await self._db.read(lambda c: c.execute(
@@ -139,15 +185,9 @@ class SQLiteOutbox:
 
         return await self._db.transaction(delete)
 
-    async def disable_subscription(self, subscription_id: str, reason: str) -> None:
-        def disable(conn: sqlite3.Connection) -> None:
-            conn.execute("UPDATE subscriptions SET enabled = 0, disabled_reason = ? WHERE id = ?",
-                         (reason, subscription_id))
-            conn.execute("UPDATE deliveries SET status = 'failed', reason = ?"
-                         " WHERE subscription_id = ? AND status = 'pending'",
-                         (reason, subscription_id))
-
-        await self._db.transaction(disable)
+    async def update_health(self, subscription_id: str, change: HealthChange
+                            ) -> tuple[Health, Health] | None:
+        return await self._db.transaction(_update_health, subscription_id, change)
 
     # -- deliveries -----------------------------------------------------------------------
 
@@ -198,6 +238,21 @@ class SQLiteOutbox:
             return Retried.MISSING
         return await self._db.transaction(_retry, n, now)
 
+    async def replay(self, subscription_id: str, since: float, now: float, *,
+                     only_failed: bool = False, limit: int = REPLAY_MAX) -> Replayed:
+        # Looked for on a reader (a long look must not hold up the writer), then written
+        # in one transaction that checks each again.
+        rows = await self._db.read(lambda c: c.execute(
+            "SELECT n, job_id, status, created_at FROM deliveries WHERE subscription_id = ?"
+            " AND created_at >= ? ORDER BY n DESC LIMIT ?",
+            (subscription_id, since, REPLAY_SCAN + 1)).fetchall())
+        chosen, truncated = replay_choice(
+            ((str(n), job, DeliveryStatus(status), at) for n, job, status, at in rows),
+            since, only_failed, limit)
+        count = await self._db.transaction(_replay, subscription_id, [int(n) for n in chosen],
+                                           only_failed, now)
+        return Replayed(count, truncated)
+
     async def outbox_stats(self) -> OutboxStats:
         row = await self._db.read(lambda c: c.execute(
             "SELECT count(*), min(created_at) FROM deliveries WHERE status = 'pending'"
@@ -232,6 +287,48 @@ def _finish(conn: sqlite3.Connection, outcome: Outcome) -> None:
                  (tries + 1, since, outcome.next_at, head))
 
 
+def _update_health(conn: sqlite3.Connection, subscription_id: str, change: HealthChange
+                   ) -> tuple[Health, Health] | None:
+    row = conn.execute(f"SELECT {_HEALTH} FROM subscriptions WHERE id = ?",
+                       (subscription_id,)).fetchone()
+    if row is None:
+        return None
+    before = _health(row)
+    after = change(before)
+    disabled = after.status is SubscriptionStatus.DISABLED
+    conn.execute(f"UPDATE subscriptions SET enabled = ?, ({_HEALTH}) ="
+                 " (?, ?, ?, ?, ?, ?, ?) WHERE id = ?",
+                 (int(not disabled), *_health_row(after), subscription_id))
+    if disabled and before.status is not SubscriptionStatus.DISABLED:
+        conn.execute("UPDATE deliveries SET status = 'failed', reason = ?"
+                     " WHERE subscription_id = ? AND status = 'pending'",
+                     (after.disabled_reason or "disabled", subscription_id))
+    return before, after
+
+
+def _replay(conn: sqlite3.Connection, subscription_id: str, chosen: list[int],
+            only_failed: bool, now: float) -> int:
+    enabled = conn.execute("SELECT enabled FROM subscriptions WHERE id = ?",
+                           (subscription_id,)).fetchone()
+    if enabled is None or not enabled[0]:
+        return 0
+    count = 0
+    for n in chosen:
+        row = conn.execute(
+            "SELECT job_id, seq, status FROM deliveries d WHERE n = ? AND NOT EXISTS (SELECT 1"
+            " FROM deliveries o WHERE o.subscription_id = d.subscription_id"
+            " AND o.job_id = d.job_id AND o.n > d.n)", (n,)).fetchone()
+        if row is None or not replayable(DeliveryStatus(row[2]), only_failed):
+            continue  # meanwhile a newer one was made, or this one is pending again
+        # A microsecond apart, so the due order is the event order in every backend.
+        due = now + count * 1e-6
+        conn.execute("INSERT INTO deliveries (subscription_id, job_id, seq, status, created_at,"
+                     " next_at, since) VALUES (?, ?, ?, 'pending', ?, ?, ?)",
+                     (subscription_id, row[0], row[1], now, due, now))
+        count += 1
+    return count
+
+
 def _retry(conn: sqlite3.Connection, n: int, now: float) -> Retried:
     row = conn.execute("SELECT subscription_id, job_id, status FROM deliveries WHERE n = ?",
                        (n,)).fetchone()
@@ -259,9 +356,30 @@ def _number(delivery_id: str) -> int | None:
 
 
 def _subscription(row: tuple[Any, ...]) -> Subscription:
-    id_, url, topics, secret, origin, enabled, reason, created_at = row
-    return Subscription(id_, url, tuple(json.loads(topics)), secret, origin, bool(enabled),
-                        reason, created_at)
+    id_, url, topics, secret, origin, created_at, events, name = row[:8]
+    listed = _events_list(events)
+    return Subscription(id_, url, tuple(json.loads(topics)), secret, origin, created_at,
+                        None if listed is None else tuple(EventKind(e) for e in listed), name,
+                        _health(row[8:]))
+
+
+def _health(row: Sequence[Any]) -> Health:
+    status, failures, last_error, since, probes, probe_at, reason = row
+    return Health(SubscriptionStatus(status), failures, last_error, since, probes, probe_at,
+                  reason)
+
+
+def _health_row(h: Health) -> tuple[Any, ...]:
+    return (h.status.value, h.consecutive_failures, h.last_error, h.since, h.probes,
+            h.probe_at, h.disabled_reason)
+
+
+def _events_json(events: Sequence[str] | None) -> str | None:
+    return None if events is None else json.dumps(list(events))
+
+
+def _events_list(value: str | None) -> list[str] | None:
+    return None if value is None else list(json.loads(value))
 
 
 def _delivery(row: tuple[Any, ...]) -> Delivery:

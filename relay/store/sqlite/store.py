@@ -36,7 +36,7 @@ from relay.store import Applied, Change, JobQuery, Store
 from relay.store.health import WriteHealth
 from relay.store.leases import LocalLeases
 from relay.store.sqlite.database import Database
-from relay.store.sqlite.outbox import OUTBOX_SCHEMA, Enqueuer, SQLiteOutbox
+from relay.store.sqlite.outbox import OUTBOX_SCHEMA, Enqueuer, SQLiteOutbox, upgrade_outbox
 
 logger = logging.getLogger(__name__)
 
@@ -493,7 +493,7 @@ class _Batch:
         if old != new.topics:
             self.topics_gone += [(topic, new.id) for topic in old if topic not in new.topics]
             self.topics_new += [(topic, new.id) for topic in new.topics if topic not in old]
-        self.outbox.add(self.seq, new)
+        self.outbox.add(self.seq, new, current)
         event = Event(str(self.seq), new, write.source, write.received_at)
         self.new_events.append(event)
         return event
@@ -521,6 +521,7 @@ def _prepare(conn: sqlite3.Connection) -> int:
     its WAL index immutable, a full disk) fails startup rather than the first webhook."""
     conn.execute("PRAGMA journal_mode=WAL")
     conn.executescript(_SCHEMA + OUTBOX_SCHEMA)
+    upgrade_outbox(conn)
     conn.execute("DELETE FROM dedupe WHERE seen_at < unixepoch() - ?", (DEDUPE_DAYS * 86400,))
     _probe(conn)
     row = conn.execute("SELECT max(seq) FROM events").fetchone()
