@@ -20,10 +20,11 @@ from starlette.applications import Starlette
 
 from relay.config import Settings
 from relay.fanout.hub import Hub
-from relay.http import application
+from relay.http import RelayApp, application
 from relay.http.auth import Access
 from relay.http.dashboard import Dashboard
 from relay.http.events import Events
+from relay.http.hooks import PREFIX as HOOKS_PREFIX
 from relay.http.hooks import Hooks
 from relay.http.jobs import Jobs
 from relay.http.operations import Operations
@@ -42,7 +43,7 @@ from relay.tokens import Tokens
 
 
 def create_app(settings: Settings, *, store: Store | None = None,
-               http: httpx.AsyncClient | None = None) -> Starlette:
+               http: httpx.AsyncClient | None = None) -> RelayApp:
     """The relay as an ASGI app. `store` and `http` replace the ones `settings` would make."""
     server, providers = settings.server, settings.providers
     store = store if store is not None else open_store(server.store)
@@ -76,15 +77,16 @@ def create_app(settings: Settings, *, store: Store | None = None,
             running.push_async_callback(scheduler.stop)
             yield
 
+    hooks = Hooks(ingest, server.max_body)
     app = application([
         Dashboard(list(providers), access, tokens),
         Operations(store, metrics, scheduler.problems),
         Pages(),
-        Hooks(ingest, server.max_body),
+        hooks,
         Jobs(store, hub, access, tracking, cancel),
         Events(store, hub, access, tokens),
         Subscriptions(store.outbox, access, outbound),
-    ], cors_origins=server.cors_origins, lifespan=lifespan)
+    ], cors_origins=server.cors_origins, lifespan=lifespan, fast=[(HOOKS_PREFIX, hooks)])
     app.state.stopping = hub.stopping
     app.state.store = store
     app.state.outbound = outbound

@@ -19,6 +19,7 @@ import math
 import re
 import secrets as random_bytes
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 SYNC = "sync-signature"
@@ -26,33 +27,70 @@ PRIMARY = "x-signature-primary"
 STANDARD = "webhook-signature"
 MAX_SIGNATURES = 10
 _TIMESTAMP = re.compile(r"[0-9]{1,12}")
+COMPACT_MAX = 65536
+"""Bytes of a body at most for the compact-JSON fallback of Sync-Signature: providers'
+status objects are a few kilobytes; re-serialising a megabyte would cost 100 ms of CPU."""
 MAX_RETRY_AFTER = 900.0
 SECRET_BYTES = 24
 
 
-def verify(headers: Mapping[str, str], body: bytes, secrets: Sequence[str], *,
-           now: float, tolerance: float) -> str | None:
-    """None when one of the signature headers proves `body` with one of `secrets`."""
+@dataclass(frozen=True, slots=True)
+class Proof:
+    """What a delivery's signature headers prove: `problem` is why they prove nothing (None:
+    genuine); `signature` is the signature that matched, which a replay would carry again."""
+
+    problem: str | None
+    signature: bytes = b""
+
+
+def precheck(headers: Mapping[str, str], *, now: float, tolerance: float) -> str | None:
+    """What is wrong with a request's signature headers alone (None: nothing yet), checked
+    before its body is read: none at all, or a timestamp that is malformed or out of the
+    tolerance, proves nothing whatever the body, so the body need not be read."""
+    if SYNC in headers:
+        stamp, given = _sync_parts(headers[SYNC])
+        if stamp is None or not given:
+            return "malformed_signature"
+        return _stale(stamp, now, tolerance)
+    if STANDARD in headers:
+        timestamp = headers.get("webhook-timestamp", "")
+        if not headers.get("webhook-id") or not timestamp:
+            return "malformed_signature"
+        return _stale(timestamp, now, tolerance)
+    return None if PRIMARY in headers else "missing_signature"
+
+
+def prove(headers: Mapping[str, str], body: bytes, secrets: Sequence[str], *,
+          now: float, tolerance: float) -> Proof:
+    """Whether one of the signature headers proves `body` with one of `secrets`, checked over
+    the raw bytes; the body is never parsed unless the raw check fails (see `_sync_bodies`)."""
     if SYNC in headers:
         return _verify_sync(headers[SYNC], body, secrets, now, tolerance)
     if STANDARD in headers:
         return _verify_standard(headers, body, secrets, now, tolerance)
     if PRIMARY in headers:
         return _verify_primary(headers[PRIMARY], body, secrets)
-    return "missing_signature"
+    return Proof("missing_signature")
+
+
+def verify(headers: Mapping[str, str], body: bytes, secrets: Sequence[str], *,
+           now: float, tolerance: float) -> str | None:
+    """None when one of the signature headers proves `body`, else the reason it does not."""
+    return prove(headers, body, secrets, now=now, tolerance=tolerance).problem
 
 
 def _hmac(key: bytes, message: bytes) -> bytes:
     return hmac.digest(key, message, "sha256")
 
 
-def _any_match(expected: Sequence[bytes], given: Sequence[bytes]) -> bool:
+def _match(expected: Sequence[bytes], given: Sequence[bytes]) -> Proof:
     # Every pair is compared, so the time taken says nothing about which one matched.
-    matched = False
+    matched = b""
     for mine in expected:
         for theirs in given:
-            matched |= hmac.compare_digest(mine, theirs)
-    return matched
+            if hmac.compare_digest(mine, theirs):
+                matched = theirs
+    return Proof(None, matched) if matched else Proof("signature_mismatch")
 
 
 def _stale(timestamp: str, now: float, tolerance: float) -> str | None:
@@ -65,19 +103,20 @@ def _stale(timestamp: str, now: float, tolerance: float) -> str | None:
 # -- Sync-Signature: t=<unix>,v1=<hex> over "<t>." + body ------------------------------------
 
 def _verify_sync(header: str, body: bytes, secrets: Sequence[str], now: float,
-                 tolerance: float) -> str | None:
+                 tolerance: float) -> Proof:
     stamp, given = _sync_parts(header)
     if stamp is None or not given:
-        return "malformed_signature"
+        return Proof("malformed_signature")
     problem = _stale(stamp, now, tolerance)
     if problem:
-        return problem
+        return Proof(problem)
     prefix = stamp.encode() + b"."
     keys = [secret.encode() for secret in secrets]
     for candidate in _sync_bodies(body):
-        if _any_match([_hmac(key, prefix + candidate) for key in keys], given):
-            return None
-    return "signature_mismatch"
+        proof = _match([_hmac(key, prefix + candidate) for key in keys], given)
+        if proof.problem is None:
+            return proof
+    return Proof("signature_mismatch")
 
 
 def _sync_parts(header: str) -> tuple[str | None, list[bytes]]:
@@ -103,8 +142,12 @@ def _unhex(value: str) -> bytes:
 def _sync_bodies(body: bytes) -> Iterator[bytes]:
     """The raw body first, then the body re-serialised as compact JSON (senders that sign
     their serialisation rather than the bytes they send). Lazy: a genuine sender that signs
-    its bytes costs no JSON round trip."""
+    its bytes costs no JSON round trip. The fallback costs a parse and two serialisations,
+    so it is tried only for a body that could be a JSON object of a webhook's usual size:
+    a large body with a false signature must not cost the relay much (see COMPACT_MAX)."""
     yield body
+    if len(body) > COMPACT_MAX or not body.lstrip().startswith(b"{"):
+        return
     try:
         parsed = json.loads(body)
         compact = [json.dumps(parsed, separators=(",", ":"), ensure_ascii=ascii_only).encode()
@@ -116,30 +159,28 @@ def _sync_bodies(body: bytes) -> Iterator[bytes]:
 
 # -- X-Signature-Primary: <hex> over the raw body --------------------------------------------
 
-def _verify_primary(header: str, body: bytes, secrets: Sequence[str]) -> str | None:
+def _verify_primary(header: str, body: bytes, secrets: Sequence[str]) -> Proof:
     given = _unhex(header.strip())
     if not given:
-        return "malformed_signature"
-    expected = [_hmac(secret.encode(), body) for secret in secrets]
-    return None if _any_match(expected, [given]) else "signature_mismatch"
+        return Proof("malformed_signature")
+    return _match([_hmac(secret.encode(), body) for secret in secrets], [given])
 
 
 # -- Standard Webhooks: v1,<base64> over "<id>.<timestamp>." + body ---------------------------
 
 def _verify_standard(headers: Mapping[str, str], body: bytes, secrets: Sequence[str],
-                     now: float, tolerance: float) -> str | None:
+                     now: float, tolerance: float) -> Proof:
     msg_id, timestamp = headers.get("webhook-id", ""), headers.get("webhook-timestamp", "")
     if not msg_id or not timestamp:
-        return "malformed_signature"
+        return Proof("malformed_signature")
     problem = _stale(timestamp, now, tolerance)
     if problem:
-        return problem
+        return Proof(problem)
     given = _standard_signatures(headers[STANDARD])
     if not given:
-        return "malformed_signature"
+        return Proof("malformed_signature")
     message = f"{msg_id}.{timestamp}.".encode() + body
-    expected = [_hmac(key, message) for key in standard_keys(secrets)]
-    return None if _any_match(expected, given) else "signature_mismatch"
+    return _match([_hmac(key, message) for key in standard_keys(secrets)], given)
 
 
 def _standard_signatures(header: str) -> list[bytes]:

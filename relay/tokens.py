@@ -16,6 +16,9 @@ from itsdangerous import BadSignature, URLSafeSerializer
 from relay.errors import TokenError
 from relay.limits import TOKEN_TTL
 
+VERIFIED_KEPT = 10_000
+"""Webhook tokens remembered as verified (the memory is cleared when it is full)."""
+
 
 @dataclass(frozen=True, slots=True)
 class Grant:
@@ -49,6 +52,7 @@ class Tokens:
     def use_secret(self, secret: str) -> None:
         self._subscribe = URLSafeSerializer(secret, salt="relay.subscribe")
         self._webhook = URLSafeSerializer(secret, salt="relay.webhook")
+        self._verified: dict[str, tuple[str, str]] = {}
 
     def subscribe_token(self, jobs: Sequence[str] = (), topics: Sequence[str] = (),
                         ttl: int = TOKEN_TTL, now: float | None = None) -> tuple[str, int]:
@@ -67,12 +71,26 @@ class Tokens:
             raise TokenError("token_expired", "the token has expired")
         return Grant(jobs=frozenset(data.get("j", ())), topics=frozenset(data.get("t", ())))
 
-    def webhook_token(self, provider: str) -> str:
-        """The path segment that proves a delivery to `/hooks/{provider}/{token}`."""
-        return str(self._webhook.dumps(provider))
+    def webhook_token(self, provider: str, external_id: str) -> str:
+        """The path segment that proves a delivery to `/hooks/{provider}/{token}` for one job:
+        the provider's job `external_id`, and no other."""
+        return str(self._webhook.dumps([provider, external_id]))
 
-    def webhook_token_allows(self, token: str, provider: str) -> bool:
+    def webhook_job(self, token: str) -> tuple[str, str] | None:
+        """The (provider, external id) a webhook token was made for; None for a token the
+        relay did not sign (or one from before tokens named their job). Tokens verified once
+        are remembered, so a provider's many deliveries cost one signature check."""
+        known = self._verified.get(token)
+        if known is not None:
+            return known
         try:
-            return bool(self._webhook.loads(token) == provider)
+            data = self._webhook.loads(token)
         except BadSignature:
-            return False
+            return None
+        if not (isinstance(data, list) and len(data) == 2
+                and all(isinstance(part, str) for part in data)):
+            return None
+        if len(self._verified) >= VERIFIED_KEPT:
+            self._verified.clear()
+        self._verified[token] = job = (data[0], data[1])
+        return job

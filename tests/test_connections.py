@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import AsyncIterator
 
 import httpx
@@ -49,7 +50,8 @@ async def test_a_body_that_stops_arriving_closes_the_connection():
     async with relay_within(ConnectionLimits(body_timeout=0.5)) as (host, port):
         reader, writer = await asyncio.open_connection(host, port)
         writer.write(b"POST /hooks/gen HTTP/1.1\r\nhost: relay\r\ncontent-type: application/json"
-                     b"\r\ncontent-length: 100\r\n\r\n{\"id\": ")
+                     b"\r\nsync-signature: t=%d,v1=00\r\ncontent-length: 100\r\n\r\n{\"id\": "
+                     % time.time())
         assert await closed_by_server(reader, 10) == b""
         writer.close()
 

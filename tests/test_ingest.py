@@ -286,8 +286,12 @@ async def test_either_of_two_rotating_whsec_secrets_is_accepted(secret):
 STORY = {"job_id": "story-1", "status": "processing", "scenes_total": 4, "scenes_completed": 1}
 
 
-async def webhook_path(relay: Any, provider: str) -> str:
-    url = (await relay.track(provider, f"tracked-{provider}"))["webhook_url"]
+async def webhook_path(relay: Any, provider: str, external_id: str | None = None) -> str:
+    """The path of the webhook URL handed out for one job (by default the job the test
+    payloads name)."""
+    external_id = external_id or {"stories": STORY["job_id"], "gen": PAYLOAD["id"]}.get(
+        provider, f"tracked-{provider}")
+    url = (await relay.track(provider, external_id))["webhook_url"]
     return str(httpx.URL(url).path)
 
 
@@ -298,6 +302,19 @@ async def test_a_signed_token_path_proves_a_delivery_for_a_provider_without_a_se
         assert response.status_code == 202, response.text
         job = await relay.store.find("stories", "story-1")
         assert job is not None and job.progress == 0.25
+
+
+async def test_a_jobs_token_is_refused_for_another_job_and_creates_nothing():
+    async with asgi_relay() as relay:
+        path = await webhook_path(relay, "stories", "story-a")
+        before = await relay.store.last_cursor()
+        for other in ("story-b", "never-tracked"):
+            response = await relay.client.post(path, json={**STORY, "job_id": other})
+            assert_refused(response, 401, "invalid_signature")
+            assert await relay.store.find("stories", other) is None
+        assert await relay.store.last_cursor() == before
+        own = await relay.client.post(path, json={**STORY, "job_id": "story-a"})
+        assert own.status_code == 202, own.text
 
 
 async def test_a_token_for_another_provider_is_refused():
@@ -475,8 +492,10 @@ async def stream_until_answered(port: int, total: int, chunk: int = 65536) -> tu
     """POST a chunked body of `total` bytes, stopping as soon as the server answers; returns
     how many bytes were sent and the answer."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    # Signed (falsely: the cap is reached before that matters), so the body is read at all.
     writer.write(b"POST /hooks/gen HTTP/1.1\r\nhost: relay\r\ncontent-type: application/json\r\n"
-                 b"transfer-encoding: chunked\r\n\r\n")
+                 b"sync-signature: t=%d,v1=00\r\ntransfer-encoding: chunked\r\n\r\n"
+                 % time.time())
     answer = asyncio.create_task(read_answer(reader))
     piece = b"%x\r\n" % chunk + b" " * chunk + b"\r\n"
     sent = 0
@@ -556,7 +575,8 @@ async def test_a_sender_that_goes_away_mid_body_stores_nothing_and_logs_no_error
         host, port = httpx.URL(relay.url).host, httpx.URL(relay.url).port
         _, writer = await asyncio.open_connection(host, port)
         writer.write(b"POST /hooks/gen HTTP/1.1\r\nhost: relay\r\ncontent-type: application/json"
-                     b"\r\ncontent-length: 1000\r\n\r\n" + b'{"id": "gone", ')
+                     b"\r\nsync-signature: t=%d,v1=00\r\ncontent-length: 1000\r\n\r\n"
+                     b'{"id": "gone", ' % time.time())
         await writer.drain()
         writer.close()
         await writer.wait_closed()

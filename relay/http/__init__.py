@@ -1,12 +1,13 @@
 """The HTTP face of the relay: one module per resource, each exporting its routes, over the
 services below (ingest, fan-out, outbound, the store). The only package that speaks Starlette.
 
-`application(...)` puts the routes together with the error envelope, request ids and CORS.
+`application(...)` puts the routes together with the error envelope, request ids and CORS;
+the hottest paths go to their own plain ASGI handlers first (`RelayApp`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any, Protocol
 
 from starlette.applications import Starlette
@@ -23,9 +24,32 @@ class Resource(Protocol):
     def routes(self) -> Sequence[BaseRoute]: ...
 
 
+ASGIApp = Callable[[MutableMapping[str, Any], Callable[[], Awaitable[Any]],
+                    Callable[[Any], Awaitable[None]]], Awaitable[None]]
+
+
+class RelayApp(Starlette):
+    """Starlette, except that a request whose path starts with one of `fast`'s prefixes goes
+    straight to that prefix's ASGI app: a webhook needs none of the router's and the
+    middlewares' work, which took more of its time than storing it (its handler sets the
+    request id and the error envelope itself)."""
+
+    fast: Sequence[tuple[str, ASGIApp]] = ()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            path = scope["path"]
+            for prefix, app in self.fast:
+                if path.startswith(prefix):
+                    await app(scope, receive, send)
+                    return
+        await super().__call__(scope, receive, send)
+
+
 def application(resources: Sequence[Resource], *, cors_origins: Sequence[str],
-                lifespan: Any) -> Starlette:
-    """The ASGI app serving `resources`; `lifespan(app)` starts and stops the services."""
+                lifespan: Any, fast: Sequence[tuple[str, ASGIApp]] = ()) -> RelayApp:
+    """The ASGI app serving `resources`; `lifespan(app)` starts and stops the services;
+    `fast` are the (path prefix, ASGI app) pairs served before the router."""
     routes = by_path([route for resource in resources for route in resource.routes()])
     middleware = [Middleware(RequestIdMiddleware)]
     if cors_origins:
@@ -33,8 +57,10 @@ def application(resources: Sequence[Resource], *, cors_origins: Sequence[str],
             CORSMiddleware, allow_origins=list(cors_origins),
             allow_methods=["GET", "POST", "DELETE"], allow_headers=["*"],
             expose_headers=["X-Request-ID"]))
-    return Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
-                     exception_handlers=dict(HANDLERS))
+    app = RelayApp(routes=routes, middleware=middleware, lifespan=lifespan,
+                   exception_handlers=dict(HANDLERS))
+    app.fast = tuple(fast)
+    return app
 
 
 
@@ -64,4 +90,4 @@ def _one_route(path: str, routes: list[Route]) -> Route:
     return Route(path, endpoint, methods=sorted(handlers))
 
 
-__all__ = ["Resource", "application", "by_path"]
+__all__ = ["RelayApp", "Resource", "application", "by_path"]

@@ -39,6 +39,11 @@ _CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_f
 REFUSAL_STATUS = {Refusal.MISSING: 404, Refusal.CONFLICT: 409, Refusal.UPSTREAM: 502}
 
 
+def valid_request_id(given: str) -> str | None:
+    """The caller's `X-Request-ID` when it is sane enough to echo and log."""
+    return given if _REQUEST_ID.match(given) else None
+
+
 def request_id(request: Request) -> str:
     return str(request.scope.get("state", {}).get("request_id", ""))
 
@@ -125,7 +130,7 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send)
             return
         given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
-        rid = given if _REQUEST_ID.match(given) else new_request_id()
+        rid = valid_request_id(given) or new_request_id()
         scope.setdefault("state", {})["request_id"] = rid
 
         async def send_with_id(message: Message) -> None:

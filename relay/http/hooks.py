@@ -1,22 +1,39 @@
 """`POST /hooks/{provider}` and `POST /hooks/{provider}/{token}`: the webhookUrl target.
 
-The order matters: find the provider, check the content type, read the body under its cap,
-prove the delivery (signature or token) over the raw bytes, then parse, normalise and store
-(relay.ingest.webhooks). Only a committed update is answered 202; a repeat is a 200.
+The hottest route of the relay, so it is a plain ASGI app, reached before Starlette's router
+and middlewares (relay.http.RelayApp), that does their part itself: the request id, the error
+envelope, counting each outcome. The order matters: find the provider, check the content
+type and the declared length, check what the headers can prove before reading the body
+(relay.ingest.webhooks.admit), read the body under its cap, prove it over the raw bytes,
+then parse, normalise and store. Only a committed update is answered 202; a repeat is a 200.
 """
 
 from __future__ import annotations
 
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+import json
+import logging
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from typing import Any
+from urllib.parse import unquote
+
 from starlette.routing import Route
 
 from relay.config import ProviderConfig
-from relay.errors import ApiError, PayloadError, StoreError, Unverified
-from relay.http.requests import parse_json, read_body
+from relay.errors import ApiError, PayloadError, Refused, StoreError, Unverified
+from relay.http.errors import REFUSAL_STATUS, valid_request_id
+from relay.http.requests import parse_json
 from relay.ingest.webhooks import WebhookIngest
+from relay.runtime.ids import request_id
 
+logger = logging.getLogger(__name__)
+
+PREFIX = "/hooks/"
 _JSON_TYPES = ("application/json", "text/json")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
 
 
 class Hooks:
@@ -25,35 +42,89 @@ class Hooks:
         self.max_body = max_body
 
     def routes(self) -> list[Route]:
-        return [Route("/hooks/{provider}", self.receive, methods=["POST"]),
-                Route("/hooks/{provider}/{token}", self.receive, methods=["POST"])]
+        # Described like any route (and served this way if reached through the router); the
+        # application sends `/hooks/` here before its router (see relay.http.RelayApp).
+        return [Route("/hooks/{provider}", self, methods=["POST"]),
+                Route("/hooks/{provider}/{token}", self, methods=["POST"])]
 
-    async def receive(self, request: Request) -> Response:
-        provider = self.ingest.provider(request.path_params["provider"])
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = _headers(scope)
+        rid = valid_request_id(headers.get("x-request-id", "")) or request_id()
         try:
-            return await self._receive(request, provider)
-        except (ApiError, PayloadError) as exc:
-            self.ingest.count(provider, "invalid_payload" if isinstance(exc, PayloadError)
-                              else exc.code)
-            raise
-        except Unverified as exc:
-            self.ingest.count(provider, exc.reason)
-            raise
-        except StoreError:
-            self.ingest.count(provider, "store_unavailable")
+            status, answer = await self._receive(scope, receive, headers)
+        except Exception as exc:  # every error becomes an answer in the envelope
+            status, answer, extra = _error(exc, rid)
+        else:
+            extra = []
+        body = json.dumps(answer, separators=(",", ":")).encode()
+        await send({"type": "http.response.start", "status": status, "headers": [
+            (b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)),
+            (b"x-request-id", rid.encode()), *extra]})
+        await send({"type": "http.response.body", "body": body})
+
+    async def _receive(self, scope: Scope, receive: Receive, headers: Mapping[str, str]
+                       ) -> tuple[int, dict[str, Any]]:
+        if scope["method"] != "POST":
+            raise ApiError("only POST is allowed here", status=405, code="method_not_allowed")
+        name, token = _path(scope["path"])
+        provider = self.ingest.provider(name)
+        try:
+            return await self._deliver(provider, token, headers, receive)
+        except (ApiError, PayloadError, Unverified, StoreError) as exc:
+            self.ingest.count(provider, _outcome(exc))
             raise
 
-    async def _receive(self, request: Request, provider: ProviderConfig) -> Response:
-        _check_content_type(request.headers.get("content-type", ""))
-        body = await read_body(request, self.max_body)
-        self.ingest.authenticate(provider, request.path_params.get("token"), request.headers,
-                                 body)
-        applied = await self.ingest.accept(provider, parse_json(body), request.headers)
+    async def _deliver(self, provider: ProviderConfig, token: str | None,
+                       headers: Mapping[str, str], receive: Receive
+                       ) -> tuple[int, dict[str, Any]]:
+        _check_content_type(headers.get("content-type", ""))
+        self._check_length(headers.get("content-length", ""))
+        job = self.ingest.admit(provider, token, headers)
+        body = await self._read(receive)
+        replay_key = self.ingest.authenticate(provider, headers, body)
+        applied = await self.ingest.accept(provider, parse_json(body), headers, job=job,
+                                           replay_key=replay_key)
         job_id = applied.job.id if applied.job is not None else None
         if applied.event is None:
-            return JSONResponse({"accepted": True, "duplicate": True, "job_id": job_id})
-        return JSONResponse({"accepted": True, "job_id": job_id,
-                             "cursor": applied.event.cursor}, status_code=202)
+            return 200, {"accepted": True, "duplicate": True, "job_id": job_id}
+        return 202, {"accepted": True, "job_id": job_id, "cursor": applied.event.cursor}
+
+    def _check_length(self, declared: str) -> None:
+        if declared.isascii() and declared.isdigit() and int(declared) > self.max_body:
+            raise _too_large(self.max_body)
+
+    async def _read(self, receive: Receive) -> bytes:
+        """The body, refused with 413 as soon as it passes the cap (never held whole)."""
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ApiError("the client went away before sending the whole body",
+                               code="client_disconnected")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                raise _too_large(self.max_body)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _headers(scope: Scope) -> dict[str, str]:
+    # A repeated header counts once, its first value (as Starlette's `headers.get`).
+    found: dict[str, str] = {}
+    for name, value in scope["headers"]:
+        found.setdefault(name.decode("latin-1"), value.decode("latin-1"))
+    return found
+
+
+def _path(path: str) -> tuple[str, str | None]:
+    parts = path[len(PREFIX):].split("/")
+    if len(parts) == 1 and parts[0]:
+        return parts[0], None
+    if len(parts) == 2 and parts[0]:
+        return parts[0], unquote(parts[1])
+    raise ApiError("no such webhook URL", status=404, code="not_found")
 
 
 def _check_content_type(header: str) -> None:
@@ -61,3 +132,43 @@ def _check_content_type(header: str) -> None:
     if media_type and media_type not in _JSON_TYPES and not media_type.endswith("+json"):
         raise ApiError(f"expected application/json, got {media_type[:64]!r}", status=415,
                        code="unsupported_media_type")
+
+
+def _too_large(limit: int) -> ApiError:
+    return ApiError(f"the body is larger than {limit} bytes", status=413,
+                    code="payload_too_large", details={"limit": limit})
+
+
+def _outcome(exc: Exception) -> str:
+    """The `relay_webhooks_total` outcome of a refusal: the reason, never told the sender."""
+    if isinstance(exc, Unverified):
+        return exc.reason
+    if isinstance(exc, PayloadError):
+        return "invalid_payload"
+    if isinstance(exc, StoreError):
+        return "store_unavailable"
+    return exc.code if isinstance(exc, ApiError) else "error"
+
+
+def _error(exc: Exception, rid: str) -> tuple[int, dict[str, Any], list[tuple[bytes, bytes]]]:
+    status, code, message, details, extra = _describe(exc)
+    return status, {"error": code, "message": message, "details": details,
+                    "request_id": rid}, extra
+
+
+def _describe(exc: Exception
+              ) -> tuple[int, str, str, Mapping[str, Any] | None, list[tuple[bytes, bytes]]]:
+    if isinstance(exc, ApiError):
+        allow = [(b"allow", b"POST")] if exc.status == 405 else []
+        return exc.status, exc.code, exc.message, exc.details, allow
+    if isinstance(exc, Unverified):
+        return 401, "invalid_signature", "the delivery could not be verified", None, []
+    if isinstance(exc, PayloadError):
+        return 422, "invalid_payload", exc.message, {"field": exc.field}, []
+    if isinstance(exc, Refused):
+        return REFUSAL_STATUS[exc.refusal], exc.code, exc.message, exc.details, []
+    if isinstance(exc, StoreError):
+        return 503, "unavailable", "the store is unavailable; retry", None, [
+            (b"retry-after", b"1")]
+    logger.error("unhandled error on a webhook", exc_info=exc)
+    return 500, "internal_error", "the relay failed on this request", None, []

@@ -257,9 +257,13 @@ def _hook_paths() -> JSON:
     provider = _param("provider", "path", _STR, "The provider's name in the configuration.")
     responses = {
         "202": _json(_ref("Accepted"), "Stored durably."),
-        "200": _json(_ref("Accepted"), "A repeat: `duplicate` is true and nothing changed."),
+        "200": _json(_ref("Accepted"), "A repeat: `duplicate` is true and nothing changed. A "
+                     "delivery whose signature (or Standard Webhooks `webhook-id`) was accepted "
+                     "within 7 days is a repeat, even when the job has changed since."),
         "400": _error("The body is not JSON (`invalid_json`)."),
-        "401": _error("The signature or path token does not prove the delivery."),
+        "401": _error("The signature or path token does not prove the delivery "
+                      "(`invalid_signature`): a missing or stale signature is refused before "
+                      "the body is read; a path token proves deliveries for its own job only."),
         "404": _error("No provider of that name (`unknown_provider`)."),
         "413": _error("The body is over the cap (`payload_too_large`)."),
         "422": _error("No job id or no status (`invalid_payload`)."),
@@ -452,7 +456,8 @@ def _request_schemas() -> JSON:
         "Tracked": _object(["job", "webhook_url", "subscribe_token", "events_url"], {
             "job": _ref("Job"),
             "webhook_url": {"type": "string", "description": "Where the provider should send "
-                            "this job's webhooks (its `webhookUrl`)."},
+                            "this job's webhooks (its `webhookUrl`); its signed token proves "
+                            "deliveries for this job and no other."},
             "subscribe_token": {"type": "string", "description": "A subscribe token for this "
                                 f"job, valid for {TRACKED_TOKEN_TTL} seconds."},
             "events_url": {"type": "string", "description": "The job's SSE stream, with "

@@ -45,7 +45,7 @@ class Tracking:
         assert job is not None
         token, _ = self.tokens.subscribe_token([job.id], ttl=TRACKED_TOKEN_TTL)
         base = self.public_url
-        hook_token = self.tokens.webhook_token(provider.name)
+        hook_token = self.tokens.webhook_token(provider.name, external_id)
         return Tracked(job, applied.event is not None,
                        webhook_url=f"{base}/hooks/{provider.name}/{hook_token}",
                        subscribe_token=token,

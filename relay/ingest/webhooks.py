@@ -1,16 +1,28 @@
 """Webhook ingest: proving a provider's delivery genuine, then recording what it says.
 
-The HTTP layer (relay.http.hooks) reads the body under its cap and calls, in this order:
-`provider(name)`, `authenticate(...)` over the raw bytes, then (once the bytes are proven and
-parsed) `accept(...)`, which normalises and stores. Only a committed update is accepted; nothing
-from a refused delivery is stored. Every outcome, and every reason a delivery was refused, is
-counted per provider (`relay_webhooks_total`).
+The HTTP layer (relay.http.hooks) calls, in this order, and stops at the first refusal:
+
+    provider(name)                          404 for a provider not configured
+    admit(provider, token, headers)         before the body is read: the path token (a job's
+                                            own, checked once and remembered), and a
+                                            signature header with a timestamp in tolerance;
+                                            a request that can prove nothing costs no more
+                                            than its headers
+    authenticate(provider, headers, body)   the signature, over the raw bytes; the key a
+                                            replay of this delivery would carry
+    accept(provider, payload, ...)          normalise, check the token's job, store
+
+Only a committed update is accepted; nothing from a refused delivery is stored. A delivery
+seen before (the same signature, or the same Standard Webhooks `webhook-id` for the job,
+within 7 days: the store keeps the key) is a duplicate and makes no event, even when the job
+has changed since. Every outcome, and every reason a delivery was refused, is counted per
+provider (`relay_webhooks_total`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
+import re
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -24,13 +36,18 @@ from relay.limits import MESSAGE_ID_LENGTH, TEXT_LENGTH
 from relay.models import Schema, Source, utcnow
 from relay.normalise import read_update
 from relay.runtime.metrics import Metrics
-from relay.signing import verify
+from relay.signing import STANDARD, precheck, prove
 from relay.store import Applied
 from relay.tokens import Tokens
 
 logger = logging.getLogger(__name__)
 
 ID_FIELDS = {Schema.STORY: "job_id", Schema.GENERATION: "id", Schema.JOBSTATUS: "id"}
+NAMED_JOB_SCAN = 4096
+"""Bytes of a refused body searched for the job it names (never parsed: it proved nothing)."""
+
+Job = tuple[str, str]
+"""A job as a provider knows it: (provider name, external id)."""
 
 
 class WebhookIngest:
@@ -54,22 +71,47 @@ class WebhookIngest:
                           f"no provider named {name[:64]!r} is configured")
         return provider
 
-    def authenticate(self, provider: ProviderConfig, token: str | None,
-                     headers: Mapping[str, str], body: bytes) -> None:
-        """Nothing for a genuine delivery; `Unverified` for one that proves nothing."""
-        try:
-            self._prove(provider, token, headers, body)
-        except Unverified:
-            self._tell_unverified(provider, body)
-            raise
+    def admit(self, provider: ProviderConfig, token: str | None,
+              headers: Mapping[str, str]) -> Job | None:
+        """The job a path token is for (None without one); `Unverified` for a request that
+        cannot prove itself, whatever its body: a bad token, or no token and no signature."""
+        job = None
+        if token is not None:
+            job = self.tokens.webhook_job(token)
+            if job is None or job[0] != provider.name:
+                _refuse(provider, "bad_token")
+        if provider.webhook_secrets:
+            problem = precheck(headers, now=time.time(), tolerance=provider.signature_tolerance)
+            if problem is not None:
+                _refuse(provider, problem)
+        elif token is None:
+            _refuse(provider, "missing_token")
+        return job
 
-    async def accept(self, provider: ProviderConfig, payload: Any,
-                     headers: Mapping[str, str]) -> Applied:
-        """Normalise and store a proven delivery; `applied.event` is None for a repeat."""
+    def authenticate(self, provider: ProviderConfig, headers: Mapping[str, str],
+                     body: bytes) -> str | None:
+        """The key a replay of this delivery would carry again (None when only a token
+        proves it); `Unverified` when its signature does not prove `body`."""
+        if not provider.webhook_secrets:
+            return None
+        proof = prove(headers, body, provider.webhook_secrets, now=time.time(),
+                      tolerance=provider.signature_tolerance)
+        if proof.problem is not None:
+            self._tell_unverified(provider, body)
+            _refuse(provider, proof.problem)
+        if STANDARD in headers:
+            return None  # its webhook-id, signed with the body, is the key (see accept)
+        return f"sig:{provider.name}:{proof.signature.hex()}"
+
+    async def accept(self, provider: ProviderConfig, payload: Any, headers: Mapping[str, str],
+                     *, job: Job | None = None, replay_key: str | None = None) -> Applied:
+        """Normalise and store a proven delivery; `applied.event` is None for a repeat. A
+        delivery through a job's token must be about that job."""
         update = read_update(provider.schema, payload, utcnow())
-        applied = await self.recorder.record(
-            provider, update, Source.WEBHOOK,
-            dedupe_key=_dedupe_key(provider, update.external_id, headers))
+        if job is not None and job[1] != update.external_id:
+            _refuse(provider, "token_for_another_job")
+        key = replay_key or _message_key(provider, update.external_id, headers)
+        applied = await self.recorder.record(provider, update, Source.WEBHOOK, dedupe_key=key)
         self.count(provider, "accepted" if applied.event is not None else "duplicate")
         return applied
 
@@ -80,18 +122,6 @@ class WebhookIngest:
             counter = self.metrics.webhooks.labels(provider.name, outcome)
             self._counters[(provider.name, outcome)] = counter
         counter.inc()
-
-    def _prove(self, provider: ProviderConfig, token: str | None,
-               headers: Mapping[str, str], body: bytes) -> None:
-        if token is not None and not self.tokens.webhook_token_allows(token, provider.name):
-            _refuse(provider, "bad_token")
-        if provider.webhook_secrets:
-            reason = verify(headers, body, provider.webhook_secrets, now=time.time(),
-                            tolerance=provider.signature_tolerance)
-            if reason is not None:
-                _refuse(provider, reason)
-        elif token is None:
-            _refuse(provider, "missing_token")
 
     def _tell_unverified(self, provider: ProviderConfig, body: bytes) -> None:
         # Best effort, on a body that proved nothing: whatever the hook does with it, the
@@ -112,18 +142,24 @@ def _refuse(provider: ProviderConfig, reason: str) -> None:
     raise Unverified(reason)
 
 
+_NAMED = {field: re.compile(rb'"%s"\s*:\s*"([^"\\]{1,%d})"' % (field.encode(), TEXT_LENGTH))
+          for field in set(ID_FIELDS.values())}
+
+
 def named_job(schema: Schema, body: bytes) -> str | None:
-    """The job id a webhook body names, if it parses (best effort: it proved nothing)."""
-    try:
-        payload = json.loads(body)
-    except (ValueError, RecursionError):  # RecursionError: nesting deeper than Python's stack
+    """The job id a webhook body names, found without parsing it: the body proved nothing,
+    so it may be any size and shape, and only its start is searched."""
+    found = _NAMED[ID_FIELDS[schema]].search(body, 0, NAMED_JOB_SCAN)
+    if found is None:
         return None
-    value = payload.get(ID_FIELDS[schema]) if isinstance(payload, dict) else None
-    return value if isinstance(value, str) and 0 < len(value) <= TEXT_LENGTH else None
+    try:
+        return found.group(1).decode()
+    except UnicodeDecodeError:
+        return None
 
 
-def _dedupe_key(provider: ProviderConfig, external_id: str,
-                headers: Mapping[str, str]) -> str | None:
+def _message_key(provider: ProviderConfig, external_id: str,
+                 headers: Mapping[str, str]) -> str | None:
     """A redelivered message (same `webhook-id`, same job) is a duplicate. The job is part of
     the key so that a sender reusing ids across jobs never loses an update."""
     message_id = headers.get("webhook-id")
