@@ -13,13 +13,14 @@ import base64
 import binascii
 import contextlib
 import email.utils
+import functools
 import hmac
 import json
 import math
 import re
 import secrets as random_bytes
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 SYNC = "sync-signature"
@@ -43,44 +44,62 @@ class Proof:
     signature: bytes = b""
 
 
-def precheck(headers: Mapping[str, str], *, now: float, tolerance: float) -> str | None:
-    """What is wrong with a request's signature headers alone (None: nothing yet), checked
-    before its body is read: none at all, or a timestamp that is malformed or out of the
-    tolerance, proves nothing whatever the body, so the body need not be read."""
-    if SYNC in headers:
-        stamp, given = _sync_parts(headers[SYNC])
-        if stamp is None or not given:
-            return "malformed_signature"
-        return _stale(stamp, now, tolerance)
-    if STANDARD in headers:
-        timestamp = headers.get("webhook-timestamp", "")
-        if not headers.get("webhook-id") or not timestamp:
-            return "malformed_signature"
-        return _stale(timestamp, now, tolerance)
-    return None if PRIMARY in headers else "missing_signature"
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A delivery's signature headers, read before its body: the scheme, the signatures it
+    gives, and what each scheme signs before the body (`"<t>."`, `"<id>.<t>."`, nothing).
+    `problem` is why they can prove nothing whatever the body (None: the body decides)."""
+
+    scheme: str
+    signatures: list[bytes] = field(default_factory=list)
+    signed_prefix: bytes = b""
+    problem: str | None = None
 
 
-def prove(headers: Mapping[str, str], body: bytes, secrets: Sequence[str], *,
-          now: float, tolerance: float) -> Proof:
-    """Whether one of the signature headers proves `body` with one of `secrets`, checked over
-    the raw bytes; the body is never parsed unless the raw check fails (see `_sync_bodies`)."""
+def claim(headers: Mapping[str, str], *, now: float, tolerance: float) -> Claim:
+    """What a request's signature headers claim, checked before its body is read: none at
+    all, malformed ones, or a timestamp out of the tolerance prove nothing, whatever the
+    body, so the body need not be read."""
     if SYNC in headers:
-        return _verify_sync(headers[SYNC], body, secrets, now, tolerance)
+        return _sync_claim(headers[SYNC], now, tolerance)
     if STANDARD in headers:
-        return _verify_standard(headers, body, secrets, now, tolerance)
+        return _standard_claim(headers, now, tolerance)
     if PRIMARY in headers:
-        return _verify_primary(headers[PRIMARY], body, secrets)
-    return Proof("missing_signature")
+        given = _unhex(headers[PRIMARY].strip())
+        return Claim(PRIMARY, [given]) if given else Claim(PRIMARY,
+                                                           problem="malformed_signature")
+    return Claim("", problem="missing_signature")
+
+
+def prove(claimed: Claim, body: bytes, secrets: tuple[str, ...]) -> Proof:
+    """Whether the claim's signatures prove `body` with one of `secrets`, checked over the
+    raw bytes; the body is never parsed unless the raw check fails (see `_sync_bodies`)."""
+    if claimed.problem is not None:
+        return Proof(claimed.problem)
+    keys = _standard_keys(secrets) if claimed.scheme == STANDARD else _utf8_keys(secrets)
+    bodies = _sync_bodies(body) if claimed.scheme == SYNC else iter((body,))
+    for candidate in bodies:
+        message = claimed.signed_prefix + candidate
+        proof = _match([_hmac(key, message) for key in keys], claimed.signatures)
+        if proof.problem is None:
+            return proof
+    return Proof("signature_mismatch")
 
 
 def verify(headers: Mapping[str, str], body: bytes, secrets: Sequence[str], *,
            now: float, tolerance: float) -> str | None:
     """None when one of the signature headers proves `body`, else the reason it does not."""
-    return prove(headers, body, secrets, now=now, tolerance=tolerance).problem
+    claimed = claim(headers, now=now, tolerance=tolerance)
+    return prove(claimed, body, tuple(secrets)).problem
 
 
 def _hmac(key: bytes, message: bytes) -> bytes:
     return hmac.digest(key, message, "sha256")
+
+
+@functools.lru_cache(maxsize=64)
+def _utf8_keys(secrets: tuple[str, ...]) -> list[bytes]:
+    return [secret.encode() for secret in secrets]
 
 
 def _match(expected: Sequence[bytes], given: Sequence[bytes]) -> Proof:
@@ -102,21 +121,11 @@ def _stale(timestamp: str, now: float, tolerance: float) -> str | None:
 
 # -- Sync-Signature: t=<unix>,v1=<hex> over "<t>." + body ------------------------------------
 
-def _verify_sync(header: str, body: bytes, secrets: Sequence[str], now: float,
-                 tolerance: float) -> Proof:
+def _sync_claim(header: str, now: float, tolerance: float) -> Claim:
     stamp, given = _sync_parts(header)
     if stamp is None or not given:
-        return Proof("malformed_signature")
-    problem = _stale(stamp, now, tolerance)
-    if problem:
-        return Proof(problem)
-    prefix = stamp.encode() + b"."
-    keys = [secret.encode() for secret in secrets]
-    for candidate in _sync_bodies(body):
-        proof = _match([_hmac(key, prefix + candidate) for key in keys], given)
-        if proof.problem is None:
-            return proof
-    return Proof("signature_mismatch")
+        return Claim(SYNC, problem="malformed_signature")
+    return Claim(SYNC, given, stamp.encode() + b".", _stale(stamp, now, tolerance))
 
 
 def _sync_parts(header: str) -> tuple[str | None, list[bytes]]:
@@ -157,30 +166,17 @@ def _sync_bodies(body: bytes) -> Iterator[bytes]:
     yield from dict.fromkeys(c for c in compact if c != body)
 
 
-# -- X-Signature-Primary: <hex> over the raw body --------------------------------------------
-
-def _verify_primary(header: str, body: bytes, secrets: Sequence[str]) -> Proof:
-    given = _unhex(header.strip())
-    if not given:
-        return Proof("malformed_signature")
-    return _match([_hmac(secret.encode(), body) for secret in secrets], [given])
-
-
 # -- Standard Webhooks: v1,<base64> over "<id>.<timestamp>." + body ---------------------------
 
-def _verify_standard(headers: Mapping[str, str], body: bytes, secrets: Sequence[str],
-                     now: float, tolerance: float) -> Proof:
+def _standard_claim(headers: Mapping[str, str], now: float, tolerance: float) -> Claim:
     msg_id, timestamp = headers.get("webhook-id", ""), headers.get("webhook-timestamp", "")
     if not msg_id or not timestamp:
-        return Proof("malformed_signature")
-    problem = _stale(timestamp, now, tolerance)
-    if problem:
-        return Proof(problem)
+        return Claim(STANDARD, problem="malformed_signature")
     given = _standard_signatures(headers[STANDARD])
     if not given:
-        return Proof("malformed_signature")
-    message = f"{msg_id}.{timestamp}.".encode() + body
-    return _match([_hmac(key, message) for key in standard_keys(secrets)], given)
+        return Claim(STANDARD, problem="malformed_signature")
+    return Claim(STANDARD, given, f"{msg_id}.{timestamp}.".encode(),
+                 _stale(timestamp, now, tolerance))
 
 
 def _standard_signatures(header: str) -> list[bytes]:
@@ -195,6 +191,11 @@ def _standard_signatures(header: str) -> list[bytes]:
             except (binascii.Error, ValueError):
                 continue
     return decoded
+
+
+@functools.lru_cache(maxsize=64)
+def _standard_keys(secrets: tuple[str, ...]) -> list[bytes]:
+    return standard_keys(secrets)
 
 
 def standard_keys(secrets: Sequence[str]) -> list[bytes]:

@@ -79,11 +79,11 @@ class Hooks:
                        ) -> tuple[int, dict[str, Any]]:
         _check_content_type(headers.get("content-type", ""))
         self._check_length(headers.get("content-length", ""))
-        job = self.ingest.admit(provider, token, headers)
+        admitted = self.ingest.admit(provider, token, headers)
         body = await self._read(receive)
-        replay_key = self.ingest.authenticate(provider, headers, body)
-        applied = await self.ingest.accept(provider, parse_json(body), headers, job=job,
-                                           replay_key=replay_key)
+        replay_key = self.ingest.authenticate(provider, admitted, body)
+        applied = await self.ingest.accept(provider, parse_json(body), headers,
+                                           job=admitted.job, replay_key=replay_key)
         job_id = applied.job.id if applied.job is not None else None
         if applied.event is None:
             return 200, {"accepted": True, "duplicate": True, "job_id": job_id}

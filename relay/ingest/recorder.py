@@ -7,6 +7,8 @@ import secrets
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from prometheus_client import Counter
+
 from relay.config import ProviderConfig
 from relay.models import Job, Source, Update, isoformat, utcnow
 from relay.normalise import merge
@@ -34,6 +36,7 @@ class Recorder:
         self.store = store
         self.metrics = metrics
         self._unknown_words: set[tuple[str, str]] = set()
+        self._event_counters: dict[Source, Counter] = {}
 
     async def record(self, provider: ProviderConfig, update: Update, source: Source,
                      dedupe_key: str | None = None) -> Applied:
@@ -54,8 +57,15 @@ class Recorder:
                                          source=source, received_at=received,
                                          dedupe_key=dedupe_key)
         if applied.event is not None:
-            self.metrics.events.labels(source.value).inc()
+            self._events(source).inc()
         return applied
+
+    def _events(self, source: Source) -> Counter:
+        # The labelled child is looked up once per source, not once per event.
+        counter = self._event_counters.get(source)
+        if counter is None:
+            counter = self._event_counters[source] = self.metrics.events.labels(source.value)
+        return counter
 
     async def track(self, provider: ProviderConfig, external_id: str, *,
                     topics: Sequence[str] = (), metadata: Mapping[str, Any] | None = None
@@ -72,7 +82,7 @@ class Recorder:
         applied = await self.store.apply(provider.name, external_id, change, source=Source.API,
                                          received_at=now)
         if applied.event is not None:
-            self.metrics.events.labels(Source.API.value).inc()
+            self._events(Source.API).inc()
         return applied
 
     def _unknown_word(self, provider: str, word: str) -> None:

@@ -8,7 +8,7 @@ The HTTP layer (relay.http.hooks) calls, in this order, and stops at the first r
                                             signature header with a timestamp in tolerance;
                                             a request that can prove nothing costs no more
                                             than its headers
-    authenticate(provider, headers, body)   the signature, over the raw bytes; the key a
+    authenticate(provider, admitted, body)  the signature, over the raw bytes; the key a
                                             replay of this delivery would carry
     accept(provider, payload, ...)          normalise, check the token's job, store
 
@@ -25,6 +25,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import Counter
@@ -36,7 +37,7 @@ from relay.limits import MESSAGE_ID_LENGTH, TEXT_LENGTH
 from relay.models import Schema, Source, utcnow
 from relay.normalise import read_update
 from relay.runtime.metrics import Metrics
-from relay.signing import STANDARD, precheck, prove
+from relay.signing import STANDARD, Claim, claim, prove
 from relay.store import Applied
 from relay.tokens import Tokens
 
@@ -48,6 +49,15 @@ NAMED_JOB_SCAN = 4096
 
 Job = tuple[str, str]
 """A job as a provider knows it: (provider name, external id)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    """What a delivery's headers showed: the job its path token is for, and the signature
+    headers it claims to be proven by (None: the provider has no secret)."""
+
+    job: Job | None
+    claim: Claim | None
 
 
 class WebhookIngest:
@@ -72,34 +82,34 @@ class WebhookIngest:
         return provider
 
     def admit(self, provider: ProviderConfig, token: str | None,
-              headers: Mapping[str, str]) -> Job | None:
-        """The job a path token is for (None without one); `Unverified` for a request that
-        cannot prove itself, whatever its body: a bad token, or no token and no signature."""
+              headers: Mapping[str, str]) -> Admitted:
+        """What the headers claim; `Unverified` for a request that cannot prove itself,
+        whatever its body: a bad token, or no token and no usable signature."""
         job = None
         if token is not None:
             job = self.tokens.webhook_job(token)
             if job is None or job[0] != provider.name:
                 _refuse(provider, "bad_token")
+        claimed = None
         if provider.webhook_secrets:
-            problem = precheck(headers, now=time.time(), tolerance=provider.signature_tolerance)
-            if problem is not None:
-                _refuse(provider, problem)
+            claimed = claim(headers, now=time.time(), tolerance=provider.signature_tolerance)
+            if claimed.problem is not None:
+                _refuse(provider, claimed.problem)
         elif token is None:
             _refuse(provider, "missing_token")
-        return job
+        return Admitted(job, claimed)
 
-    def authenticate(self, provider: ProviderConfig, headers: Mapping[str, str],
+    def authenticate(self, provider: ProviderConfig, admitted: Admitted,
                      body: bytes) -> str | None:
         """The key a replay of this delivery would carry again (None when only a token
         proves it); `Unverified` when its signature does not prove `body`."""
-        if not provider.webhook_secrets:
+        if admitted.claim is None:
             return None
-        proof = prove(headers, body, provider.webhook_secrets, now=time.time(),
-                      tolerance=provider.signature_tolerance)
+        proof = prove(admitted.claim, body, provider.webhook_secrets)
         if proof.problem is not None:
             self._tell_unverified(provider, body)
             _refuse(provider, proof.problem)
-        if STANDARD in headers:
+        if admitted.claim.scheme == STANDARD:
             return None  # its webhook-id, signed with the body, is the key (see accept)
         return f"sig:{provider.name}:{proof.signature.hex()}"
 

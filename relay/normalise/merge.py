@@ -41,21 +41,24 @@ def merge(job: Job, update: Update) -> Job | None:
     state = update.state or job.state
     same_state = state is job.state
     received = isoformat(update.received_at)
-    merged = job.replace(
-        state=state,
-        provider_status=update.provider_status,
-        progress=_progress(job, update, state, same_state),
-        stage=_stage(job, update, same_state),
-        error=_error(update, state),
-        output=update.output if update.output is not None else job.output,
-        created_at=update.created_at or job.created_at,
-        started_at=update.started_at or job.started_at or _implied_start(state, received),
-        finished_at=(update.finished_at or received) if state.terminal else None,
-        provider_data=_provider_data(job.provider_data, update),
-    )
-    if _without_newest(merged) == _without_newest(job):
+    progress = _progress(job, update, state, same_state)
+    stage = _stage(job, update, same_state)
+    error = _error(update, state)
+    output = update.output if update.output is not None else job.output
+    created_at = update.created_at or job.created_at
+    started_at = update.started_at or job.started_at or _implied_start(state, received)
+    finished_at = (update.finished_at or received) if state.terminal else None
+    provider_data = _provider_data(job.provider_data, update)
+    if (state is job.state and update.provider_status == job.provider_status
+            and progress == job.progress and stage == job.stage and error == job.error
+            and output == job.output and created_at == job.created_at
+            and started_at == job.started_at and finished_at == job.finished_at
+            and _without_newest(provider_data) == _without_newest(job.provider_data)):
         return None
-    return merged.replace(version=job.version + 1, updated_at=received)
+    # Built in one call, not with dataclasses.replace: this runs for every update.
+    return Job(job.id, job.provider, job.schema, job.external_id, state, update.provider_status,
+               progress, stage, error, output, job.topics, job.metadata, provider_data,
+               created_at, started_at, finished_at, received, job.version + 1)
 
 
 def _behind(current: State, reported: State | None) -> bool:
@@ -118,8 +121,7 @@ def _provider_data(current: Mapping[str, Any], update: Update) -> Mapping[str, A
     return {**current, **update.provider_data, **newest}
 
 
-def _without_newest(job: Job) -> Job:
-    if NEWEST not in job.provider_data:
-        return job
-    return job.replace(provider_data={key: value for key, value in job.provider_data.items()
-                                      if key != NEWEST})
+def _without_newest(data: Mapping[str, Any]) -> Mapping[str, Any]:
+    if NEWEST not in data:
+        return data
+    return {key: value for key, value in data.items() if key != NEWEST}

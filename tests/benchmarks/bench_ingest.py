@@ -15,6 +15,12 @@ the figure is of durably stored webhooks, not of answers.
 (deleted afterwards); `--instances N` (Redis only) starts N relay processes and spreads the
 client connections over them.
 
+`--compare` runs, back to back with the same client: the ceiling (ceiling_app.py: a Starlette
+route that parses the JSON and answers 202, storing nothing), then the relay on SQLite, on
+Redis with one instance and with two, and prints one table: webhooks/s and their share of the
+ceiling's, relay CPU per webhook (and its ratio to the ceiling's CPU per request), Redis CPU
+per webhook (from its `INFO cpu`), and p50/p99 acknowledge latency.
+
 The default client speaks HTTP/1.1 over raw asyncio streams: on a small machine the client
 competes with the relay for CPU, and httpx costs several times more per request than the
 relay's own parsing. `--client httpx` measures with httpx.AsyncClient instead.
@@ -30,6 +36,7 @@ import hmac
 import json
 import multiprocessing
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -40,7 +47,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-from benchstore import KINDS, bench_store
+import redis
+from benchstore import KINDS, REDIS, bench_store
 from common import cpu_seconds, free_port, percentile, wait_ready
 
 SECRET = "bench-webhook-secret"
@@ -233,6 +241,94 @@ def report(args: argparse.Namespace, total: Tally, elapsed: float, stored: int) 
           f"mean {statistics.fmean(lat) * 1000 if lat else float('nan'):.1f}")
 
 
+@dataclass
+class Measured:
+    label: str
+    total: Tally
+    seconds: float
+    cpu: float  # the server processes'
+    redis_cpu: float = 0.0
+    stored: int | None = None
+
+    @property
+    def rate(self) -> float:
+        return self.total.accepted / self.seconds
+
+    def per_webhook(self, cpu: float) -> float:
+        return cpu / self.total.accepted * 1e6 if self.total.accepted else float("nan")
+
+
+def redis_cpu() -> float:
+    info = redis.Redis.from_url(REDIS).info("cpu")
+    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+
+
+def measure(label: str, processes: list[subprocess.Popen[bytes]], urls: list[str],
+            args: argparse.Namespace) -> Measured:
+    pids = [process.pid for process in processes]
+    cpu_before, redis_before = sum(map(cpu_seconds, pids)), redis_cpu()
+    total, _ = drive(urls, args)
+    return Measured(label, total, args.seconds, sum(map(cpu_seconds, pids)) - cpu_before,
+                    redis_cpu() - redis_before)
+
+
+@contextlib.contextmanager
+def ceiling_process(workdir: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    port = free_port()
+    with (workdir / "ceiling.log").open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "--app-dir", str(Path(__file__).parent),
+             "ceiling_app:app", "--port", str(port), "--no-access-log", "--loop", "uvloop",
+             "--http", "httptools", "--log-level", "warning"], stdout=log,
+            stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            time.sleep(0.05)
+        yield url, process
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def compare(args: argparse.Namespace) -> None:
+    runs: list[Measured] = []
+    with tempfile.TemporaryDirectory(prefix="relay-bench-") as tmp:
+        with ceiling_process(Path(tmp)) as (url, process):
+            runs.append(measure("ceiling", [process], [url], args))
+        for label, kind, count in (("sqlite", "sqlite", 1), ("redis x1", "redis", 1),
+                                   ("redis x2", "redis", 2)):
+            work = Path(tmp) / label.replace(" ", "-")
+            work.mkdir()
+            with bench_store(kind, work) as store:
+                with relay_processes(work, store.url, count, args.log_level) as relays:
+                    run = measure(label, [p for _, p in relays], [u for u, _ in relays], args)
+                run.stored = store.webhook_events()
+            runs.append(run)
+    print_table(runs)
+
+
+def print_table(runs: list[Measured]) -> None:
+    ceiling = runs[0]
+    base = ceiling.per_webhook(ceiling.cpu)
+    print(f"{'':10} {'webhooks/s':>10} {'of ceiling':>10} {'relay CPU/wh':>13} {'x ceiling':>9}"
+          f" {'redis CPU/wh':>13} {'p50 ms':>7} {'p99 ms':>7}  stored")
+    for run in runs:
+        lat = run.total.latencies
+        relay_cpu = run.per_webhook(run.cpu)
+        redis = f"{run.per_webhook(run.redis_cpu):10.0f} us" if "redis" in run.label else ""
+        stored = "-" if run.stored is None else (
+            "ok" if run.stored >= run.total.accepted else "LOST ACKNOWLEDGED WEBHOOKS")
+        print(f"{run.label:10} {run.rate:10,.0f} {run.rate / ceiling.rate:10.0%} "
+              f"{relay_cpu:10.0f} us {relay_cpu / base:8.2f}x {redis:>13} "
+              f"{percentile(lat, 0.5) * 1000:7.1f} {percentile(lat, 0.99) * 1000:7.1f}  "
+              f"{stored}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=64, help="concurrent connections")
@@ -242,7 +338,13 @@ def main() -> int:
     parser.add_argument("--log-level", default="warning", help="the relay's log level")
     parser.add_argument("--store", choices=KINDS, default="sqlite")
     parser.add_argument("--instances", type=int, default=1, help="relay processes (redis)")
+    parser.add_argument("--compare", action="store_true",
+                        help="the ceiling app, then SQLite, Redis x1 and Redis x2, in one table")
     args = parser.parse_args()
+    if args.compare:
+        args.procs = max(1, min(args.procs, args.clients))
+        compare(args)
+        return 0
     if args.instances > 1 and args.store != "redis":
         parser.error("--instances above 1 needs --store redis: SQLite serves one process")
     args.procs = max(1, min(args.procs, args.clients))
