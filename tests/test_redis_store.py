@@ -18,6 +18,8 @@ pytestmark = pytest.mark.anyio
 async def test_two_instances_applying_to_one_job_serialise_without_losing_a_change():
     url = redis_url()
     first, second = open_store(url), open_store(url)
+    await first.open()
+    await second.open()
     try:
         await put(first, job("a"))
         await asyncio.gather(*(store.apply("p", "a", bump(), source=Source.WEBHOOK,
@@ -34,6 +36,8 @@ async def test_two_instances_applying_to_one_job_serialise_without_losing_a_chan
 async def test_an_event_written_by_one_instance_wakes_a_reader_on_another():
     url = redis_url()
     writer, reader = open_store(url), open_store(url)
+    await writer.open()
+    await reader.open()
     try:
         await put(writer, job("a"))
         cursor = await reader.last_cursor()
@@ -49,6 +53,7 @@ async def test_an_event_written_by_one_instance_wakes_a_reader_on_another():
 
 async def test_a_cursor_older_than_retention_is_reported_expired():
     store = open_store(redis_url(retention="1"))
+    await store.open()
     try:
         first = (await put(store, job("a"))).event.cursor
         # MAXLEN ~ trims whole nodes, so write well past a node's worth of entries.
@@ -64,6 +69,7 @@ async def test_a_cursor_older_than_retention_is_reported_expired():
 
 async def test_a_cursor_from_the_future_or_of_another_shape_is_invalid():
     store = open_store(redis_url())
+    await store.open()
     try:
         await put(store, job("a"))
         for cursor in ["99999999999999-0", "12", "abc"]:
@@ -100,6 +106,7 @@ async def test_single_process_stores_do_not_claim_to_lease():
 
 async def test_more_concurrent_commands_than_pooled_connections_wait_rather_than_fail():
     store = open_store(redis_url())
+    await store.open()
     try:
         await put(store, job("a"))
         cursor = await store.last_cursor()

@@ -18,9 +18,14 @@ slots: one Redis, not a cluster.
 
 from __future__ import annotations
 
+import asyncio
+import bisect
+import contextlib
 import json
+import logging
 import re
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
@@ -28,58 +33,103 @@ from redis.exceptions import RedisError
 
 from relay.errors import CursorExpired, StoreError, UnknownCursor
 from relay.models import TERMINAL, Event, Job, Source, State
+from relay.runtime.tasks import cancel_all
 from relay.store import Applied, Change, JobQuery, Store
 from relay.store.health import WriteHealth
 from relay.store.redis.client import Connection, translated
 from relay.store.redis.leases import RedisLeases
 from relay.store.redis.outbox import ENQUEUE_LUA, RedisOutbox, kinds_arg
 
+logger = logging.getLogger(__name__)
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
 MAX_ATTEMPTS = 100
+MAX_BATCH = 500
+READ_BLOCK = 0.25  # seconds the log reader blocks at a time: how long closing waits for it
+PAGE = 1000
+MAX_TAIL = 4096
+MAX_CACHED = 4096
 MAX_BLOCK = 5.0  # seconds; below the client's socket timeout, so a blocking read never trips it
 DEDUPE_SECONDS = 7 * 86400
 SCAN_CAP = 20_000
 _CURSOR = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")  # ASCII: \d would take "²" too
 
-# KEYS: events, job hash, key index, history, jobs zset, seq, dedupe key ('' for none)
-# ARGV: expected version (-1: absent), job json ('' for no change), job id, source,
-#       received_at, retention, new version, old state, new state, old topics, new topics,
-#       prefix, dedupe ttl, external id, the event's kinds (relay.store.redis.outbox.kinds_arg)
-# enqueue (ENQUEUE_LUA) adds the event's outbound deliveries in the same step.
-_APPLY = ENQUEUE_LUA + """
-if KEYS[7] ~= '' and redis.call('EXISTS', KEYS[7]) == 1 then return {'duplicate'} end
-local expected = tonumber(ARGV[1])
-if expected < 0 then
-  if redis.call('EXISTS', KEYS[3]) == 1 then return {'conflict'} end
-elseif tonumber(redis.call('HGET', KEYS[2], 'v')) ~= expected then
-  return {'conflict'}
-end
-if KEYS[7] ~= '' then redis.call('SET', KEYS[7], '1', 'EX', ARGV[13]) end
-if ARGV[2] == '' then return {'unchanged'} end
-local id = ARGV[3]
-local cursor = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[6], '*',
-  'j', ARGV[2], 's', ARGV[4], 'r', ARGV[5])
-redis.call('HSET', KEYS[2], 'v', ARGV[7], 'c', cursor, 'j', ARGV[2], 's', ARGV[4], 'r', ARGV[5])
-redis.call('RPUSH', KEYS[4], cursor)
-if expected < 0 then
-  redis.call('SET', KEYS[3], id)
-  redis.call('ZADD', KEYS[5], redis.call('INCR', KEYS[6]), id)
-  redis.call('SADD', ARGV[12] .. 'ext:' .. ARGV[14], id)
-end
-if ARGV[8] ~= ARGV[9] then
-  if ARGV[8] ~= '' then redis.call('SREM', ARGV[12] .. 'state:' .. ARGV[8], id) end
-  redis.call('SADD', ARGV[12] .. 'state:' .. ARGV[9], id)
-end
-if ARGV[10] ~= ARGV[11] then
-  for _, topic in ipairs(cjson.decode(ARGV[10])) do
-    redis.call('SREM', ARGV[12] .. 'topic:' .. topic, id)
+# ARGV: prefix, retention, dedupe ttl, then ITEM arguments per write:
+#   dedupe key ('' none), expected version (-1: absent), job json ('' no change), job id,
+#   source, received_at, new version, old state, new state, old topics json, new topics json,
+#   provider, external id, the event's kinds (relay.store.redis.outbox.kinds_arg)
+# Each write is checked and applied in order, as its own compare-and-set: a write whose
+# job's version is not the one expected answers {'conflict', current job json or ''}, a seen
+# dedupe key {'duplicate', current job json or ''}. enqueue (ENQUEUE_LUA) adds an applied
+# event's outbound deliveries in the same step.
+# ARGV: prefix, then per write: provider, external id ('' when the job is known already),
+# dedupe key ('' for none). Returns per write: the job's json or '', and 1 when the dedupe key
+# was seen before.
+_READ = """
+local P, found = ARGV[1], {}
+for i = 2, #ARGV, 3 do
+  local body = ''
+  if ARGV[i + 1] ~= '' then
+    local id = redis.call('GET', P .. 'key:' .. ARGV[i] .. ':' .. ARGV[i + 1])
+    if id then body = redis.call('HGET', P .. 'job:' .. id, 'j') or '' end
   end
-  for _, topic in ipairs(cjson.decode(ARGV[11])) do
-    redis.call('SADD', ARGV[12] .. 'topic:' .. topic, id)
-  end
+  found[#found + 1] = body
+  found[#found + 1] = ARGV[i + 2] ~= '' and redis.call('EXISTS', P .. 'dedupe:' .. ARGV[i + 2])
+    or 0
 end
-enqueue(ARGV[12], id, cursor, ARGV[2], ARGV[4], ARGV[5], ARGV[11], ARGV[15])
-return {'applied', cursor}
+return found
 """
+ITEM = 14
+_APPLY = ENQUEUE_LUA + """
+local P, retention, ttl = ARGV[1], ARGV[2], ARGV[3]
+local function current(id, key_index)
+  if id == '' then id = redis.call('GET', key_index) end
+  if not id then return '' end
+  return redis.call('HGET', P .. 'job:' .. id, 'j') or ''
+end
+local function apply(a)
+  local dedupe, expected, body, id = a[1], tonumber(a[2]), a[3], a[4]
+  local key_index = P .. 'key:' .. a[12] .. ':' .. a[13]
+  local job = P .. 'job:' .. id
+  if dedupe ~= '' and redis.call('EXISTS', P .. 'dedupe:' .. dedupe) == 1 then
+    return {'duplicate', current(expected < 0 and '' or id, key_index)}
+  end
+  if expected < 0 then
+    if redis.call('EXISTS', key_index) == 1 then return {'conflict', current('', key_index)} end
+  elseif tonumber(redis.call('HGET', job, 'v')) ~= expected then
+    return {'conflict', current('', key_index)}
+  end
+  if dedupe ~= '' then redis.call('SET', P .. 'dedupe:' .. dedupe, '1', 'EX', ttl) end
+  if body == '' then return {'unchanged'} end
+  local cursor = redis.call('XADD', P .. 'events', 'MAXLEN', '~', retention, '*',
+    'j', body, 's', a[5], 'r', a[6])
+  redis.call('HSET', job, 'v', a[7], 'c', cursor, 'j', body, 's', a[5], 'r', a[6])
+  redis.call('RPUSH', P .. 'history:' .. id, cursor)
+  if expected < 0 then
+    redis.call('SET', key_index, id)
+    redis.call('ZADD', P .. 'jobs', redis.call('INCR', P .. 'seq'), id)
+    redis.call('SADD', P .. 'ext:' .. a[13], id)
+  end
+  if a[8] ~= a[9] then
+    if a[8] ~= '' then redis.call('SREM', P .. 'state:' .. a[8], id) end
+    redis.call('SADD', P .. 'state:' .. a[9], id)
+  end
+  if a[10] ~= a[11] then
+    for _, topic in ipairs(cjson.decode(a[10])) do
+      redis.call('SREM', P .. 'topic:' .. topic, id)
+    end
+    for _, topic in ipairs(cjson.decode(a[11])) do
+      redis.call('SADD', P .. 'topic:' .. topic, id)
+    end
+  end
+  enqueue(P, id, cursor, body, a[5], a[6], a[11], a[14])
+  return {'applied', cursor}
+end
+local results = {}
+for first = 4, #ARGV, ITEM do
+  results[#results + 1] = apply({unpack(ARGV, first, first + ITEM - 1)})
+end
+return results
+""".replace("ITEM", str(ITEM))
 
 
 class RedisStore(Store):
@@ -95,6 +145,15 @@ class RedisStore(Store):
         self.leases = RedisLeases(self.connection)
         self.health = WriteHealth(f"Redis {prefix}")
         self._apply_script = self.redis.register_script(_APPLY)
+        self._read_script = self.redis.register_script(_READ)
+        self._writes: asyncio.Queue[tuple[_Write, asyncio.Future[Applied]]] = asyncio.Queue()
+        self._writer: asyncio.Task[None] | None = None
+        self._known = _JobCache()
+        # Never more than the stream keeps: a cursor Redis trimmed away is expired here too.
+        self._tail = _Tail(min(MAX_TAIL, retention))
+        self._reader: asyncio.Task[None] | None = None
+        self._changed = asyncio.Event()  # set, and replaced, when the reader adds events
+        self._closing = False
 
     @classmethod
     def from_url(cls, url: str) -> RedisStore:
@@ -113,8 +172,19 @@ class RedisStore(Store):
 
     async def open(self) -> None:
         await self.ping()  # an unreachable Redis fails startup, not the first request
+        self._tail.start(await self.last_cursor() or "0-0")
+        self._writer = asyncio.create_task(self._write_loop(), name="redis-writer")
+        self._reader = asyncio.create_task(self._read_loop(), name="redis-log-reader")
 
     async def close(self) -> None:
+        await _drain(self._writes)
+        # The reader is asked to stop, not cancelled: a cancellation landing while redis-py
+        # reads a blocking command's answer can leave that read waiting forever.
+        self._closing = True
+        if self._reader is not None:
+            await asyncio.wait([self._reader], timeout=4 * READ_BLOCK)
+        await cancel_all([task for task in (self._writer, self._reader) if task is not None])
+        self._writer = self._reader = None
         await self.connection.aclose()
 
     async def ping(self) -> None:
@@ -137,50 +207,123 @@ class RedisStore(Store):
 
     async def apply(self, provider: str, external_id: str, change: Change, *,
                     source: Source, received_at: str, dedupe_key: str | None = None) -> Applied:
-        async with translated():
-            for _ in range(MAX_ATTEMPTS):
-                current = await self.find(provider, external_id)
-                dedupe = self._key("dedupe", dedupe_key) if dedupe_key is not None else ""
-                if dedupe and await self.redis.exists(dedupe):
-                    return Applied(current, None, duplicate=True)
-                new = change(current)
-                outcome = await self._commit(provider, external_id, current, new, source,
-                                             received_at, dedupe)
-                if outcome[0] == "duplicate":
-                    return Applied(current, None, duplicate=True)
-                if outcome[0] == "unchanged":
-                    return Applied(current, None)
-                if outcome[0] == "applied":
-                    assert new is not None
-                    return Applied(new, Event(outcome[1], new, source, received_at))
-        raise StoreError(f"gave up applying to {provider}/{external_id}: too much contention")
+        if self._writer is None:
+            raise StoreError("the store is not open")
+        done: asyncio.Future[Applied] = asyncio.get_running_loop().create_future()
+        self._writes.put_nowait((_Write(provider, external_id, change, source, received_at,
+                                        dedupe_key), done))
+        return await done
 
-    async def _commit(self, provider: str, external_id: str, current: Job | None,
-                      new: Job | None, source: Source, received_at: str, dedupe: str
-                      ) -> list[str]:
+    async def _write_loop(self) -> None:
+        """Every write waiting when the last batch finished goes into the next script call:
+        concurrent webhooks share a round trip to Redis, as they share a commit on SQLite."""
+        while True:
+            batch = [await self._writes.get()]
+            while len(batch) < MAX_BATCH and not self._writes.empty():
+                batch.append(self._writes.get_nowait())
+            try:
+                await self._write_batch(batch)
+            except Exception as exc:  # whatever went wrong, every caller is answered
+                if not isinstance(exc, StoreError):
+                    logger.exception("the Redis writer failed")
+                    exc = StoreError(f"Redis write failed: {exc!r}")
+                self._known.clear()  # what this instance believed may not have been written
+                self.health.failed(exc)
+                for _, done in batch:
+                    _answer(done, exc)
+
+    async def _write_batch(self, batch: list[tuple[_Write, asyncio.Future[Applied]]]) -> None:
+        seen = await self._learn([write for write, _ in batch])
+        pending = []
+        for write, done in batch:
+            if write.dedupe_key is not None and write.dedupe_key in seen:
+                job = self._known.get((write.provider, write.external_id))
+                _answer(done, Applied(job, None, duplicate=True))  # its change is not run
+            else:
+                pending.append((write, done))
+        for _ in range(MAX_ATTEMPTS):
+            prepared = [item for write, done in pending if not done.done()
+                        and (item := self._prepare(write, done)) is not None]
+            if not prepared:
+                return
+            answers = await self._run([arg for item in prepared for arg in item.args])
+            pending = [(item.write, item.done) for item, answer in
+                       zip(prepared, answers, strict=True) if not self._settle(item, answer)]
+        for _, done in pending:
+            _answer(done, StoreError("gave up applying a write: too much contention"))
+
+    async def _learn(self, writes: list[_Write]) -> set[str]:
+        """Read, in one call, the jobs of `writes` this instance does not know yet, and
+        which of their dedupe keys were seen before."""
+        asked = [w for w in writes
+                 if w.dedupe_key is not None or (w.provider, w.external_id) not in self._known]
+        if not asked:
+            return set()
+        args: list[str] = [self.prefix]
+        for w in asked:
+            unknown = (w.provider, w.external_id) not in self._known
+            args += [w.provider, w.external_id if unknown else "", w.dedupe_key or ""]
+        async with translated():
+            answers = await self._read_script(args=args)
+        seen = set()
+        for w, body, duplicate in zip(asked, answers[::2], answers[1::2], strict=True):
+            if (w.provider, w.external_id) not in self._known:
+                self._known.keep((w.provider, w.external_id), _job_of(body))
+            if duplicate:
+                seen.add(str(w.dedupe_key))
+        return seen
+
+    def _prepare(self, write: _Write, done: asyncio.Future[Applied]) -> _Prepared | None:
+        """The write's script arguments, computed against the job as this instance knows it
+        (the script's compare-and-set says when another instance changed it since)."""
+        key = (write.provider, write.external_id)
+        current = self._known.get(key)
+        try:
+            new = write.change(current)
+        except Exception as exc:  # the caller's pure function failed: its own error, not ours
+            _answer(done, exc)
+            return None
+        if new is not None:
+            self._known.keep(key, new)  # what later writes of this batch build on
         job = new or current
-        job_id = job.id if job is not None else ""
-        keys = [self._key("events"), self._key("job", job_id),
-                self._key("key", provider, external_id), self._key("history", job_id),
-                self._key("jobs"), self._key("seq"), dedupe]
         args: list[str | int] = [
-            current.version if current is not None else -1,
-            json.dumps(new.to_dict(), separators=(",", ":")) if new is not None else "",
-            job_id, source.value, received_at, self.retention,
+            write.dedupe_key or "", current.version if current is not None else -1,
+            _COMPACT.encode(new.to_dict()) if new is not None else "",
+            job.id if job is not None else "", write.source.value, write.received_at,
             new.version if new is not None else 0,
             current.state.value if current is not None else "",
             new.state.value if new is not None else "",
             json.dumps(list(current.topics)) if current is not None else "[]",
             json.dumps(list(new.topics)) if new is not None else "[]",
-            self.prefix, DEDUPE_SECONDS, external_id, kinds_arg(current, new),
-        ]
-        try:
-            result: list[str] = await self._apply_script(keys=keys, args=args)
-        except RedisError as exc:
-            self.health.failed(exc)
-            raise
+            write.provider, write.external_id, kinds_arg(current, new)]
+        return _Prepared(write, done, current, new, args)
+
+    def _settle(self, item: _Prepared, answer: list[str]) -> bool:
+        """Answer the write's caller from the script's answer; False when it must be tried
+        again, against the job as the script found it."""
+        key, write = (item.write.provider, item.write.external_id), item.write
+        if answer[0] == "conflict":
+            self._known.keep(key, _job_of(answer[1]))
+            return False
+        if answer[0] == "applied":
+            assert item.new is not None
+            event = Event(answer[1], item.new, write.source, write.received_at)
+            _answer(item.done, Applied(item.new, event))
+        elif answer[0] == "duplicate":
+            found = _job_of(answer[1])
+            self._known.keep(key, found)
+            _answer(item.done, Applied(found, None, duplicate=True))
+        else:
+            self._known.keep(key, item.current)
+            _answer(item.done, Applied(item.current, None))
+        return True
+
+    async def _run(self, items: list[str | int]) -> list[list[str]]:
+        async with translated():
+            answers: list[list[str]] = await self._apply_script(
+                args=[self.prefix, self.retention, DEDUPE_SECONDS, *items])
         self.health.succeeded()
-        return result
+        return answers
 
     async def secret(self, name: str, generate: Callable[[], str]) -> str:
         async with translated():
@@ -263,6 +406,10 @@ class RedisStore(Store):
 
     async def read_since(self, cursor: str | None, *, topics: Collection[str] | None = None,
                          limit: int = 500) -> list[Event]:
+        if topics is None and cursor is not None and self._reader is not None:
+            recent = self._tail.since(cursor, limit)
+            if recent is not None:
+                return recent  # followers of the log: no call to Redis at all
         async with translated():
             start = await self._start(cursor)
             wanted = None if topics is None else frozenset(topics)
@@ -313,9 +460,146 @@ class RedisStore(Store):
         return str(entries[0][0]) if entries else None
 
     async def wait(self, cursor: str | None, timeout: float) -> None:
-        block = max(1, int(min(timeout, MAX_BLOCK) * 1000))
-        async with translated():
-            await self.redis.xread({self._key("events"): cursor or "0-0"}, count=1, block=block)
+        if self._reader is None or cursor is None or not self._tail.covers(cursor):
+            block = max(1, int(min(timeout, MAX_BLOCK) * 1000))
+            async with translated():
+                await self.redis.xread({self._key("events"): cursor or "0-0"}, count=1,
+                                       block=block)
+            return
+        changed = self._changed
+        if self._tail.after(cursor):
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await changed.wait()
+
+    async def _read_loop(self) -> None:
+        """The one reader of the log in this instance: every event, once, into the tail that
+        the hub, the scheduler and outbound read from (relay.store.follow)."""
+        failing = False
+        while not self._closing:
+            try:
+                async with translated():
+                    answer = await self.redis.xread({self._key("events"): self._tail.last},
+                                                    count=PAGE, block=int(READ_BLOCK * 1000))
+            except StoreError:
+                if not failing:
+                    logger.exception("could not read the Redis event log; retrying")
+                failing = True
+                await asyncio.sleep(1)
+                continue
+            failing = False
+            if answer:
+                self._tail.extend([_event(c, fields) for c, fields in answer[0][1]])
+                changed, self._changed = self._changed, asyncio.Event()
+                changed.set()
+
+
+@dataclass(frozen=True, slots=True)
+class _Write:
+    provider: str
+    external_id: str
+    change: Change
+    source: Source
+    received_at: str
+    dedupe_key: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    write: _Write
+    done: asyncio.Future[Applied]
+    current: Job | None
+    new: Job | None
+    args: list[str | int]
+
+
+class _JobCache:
+    """The jobs this instance wrote or read last, by (provider, external id), as it believes
+    Redis holds them (None: it believes there is none): a write is computed against them with
+    no read first, and the script's compare-and-set catches a belief another instance made
+    stale."""
+
+    def __init__(self, size: int = MAX_CACHED) -> None:
+        self.size = size
+        self._jobs: dict[tuple[str, str], Job | None] = {}
+
+    def __contains__(self, key: tuple[str, str]) -> bool:
+        return key in self._jobs
+
+    def get(self, key: tuple[str, str]) -> Job | None:
+        return self._jobs.get(key)
+
+    def keep(self, key: tuple[str, str], job: Job | None, *, absent: bool = True) -> None:
+        """Believe `job` is what Redis holds (None and `absent`: that it holds none; None and
+        not `absent`: nothing is known)."""
+        self._jobs.pop(key, None)
+        if job is not None or absent:
+            self._jobs[key] = job
+            if len(self._jobs) > self.size:
+                del self._jobs[next(iter(self._jobs))]
+
+    def clear(self) -> None:
+        self._jobs.clear()
+
+
+class _Tail:
+    """The newest events of the log, in order, complete after `first`: what followers of
+    the log read without a call to Redis. Only the event loop touches it."""
+
+    def __init__(self, size: int = MAX_TAIL) -> None:
+        self.size = size
+        self.first = "0-0"  # every event after this one is in `events`
+        self.last = "0-0"  # the newest event read
+        self.events: list[Event] = []
+        self._orders: list[tuple[int, int]] = []
+
+    def start(self, after: str) -> None:
+        self.first = self.last = after
+        self.events, self._orders = [], []
+
+    def extend(self, events: list[Event]) -> None:
+        self.events += events
+        self._orders += [_order(event.cursor) for event in events]
+        self.last = events[-1].cursor
+        if len(self.events) > self.size:
+            dropped = len(self.events) - self.size
+            self.first = self.events[dropped - 1].cursor
+            del self.events[:dropped], self._orders[:dropped]
+
+    def covers(self, cursor: str) -> bool:
+        """Whether every event after `cursor` that the reader has seen is here."""
+        return bool(_CURSOR.fullmatch(cursor)) and _order(cursor) >= _order(self.first)
+
+    def after(self, cursor: str) -> bool:
+        return bool(self._orders) and self._orders[-1] > _order(cursor)
+
+    def since(self, cursor: str, limit: int) -> list[Event] | None:
+        """The events after `cursor`, or None when the tail cannot tell (it does not reach
+        back to it, or the cursor is past what it has read: perhaps not a cursor at all)."""
+        if not self.covers(cursor) or _order(cursor) > _order(self.last):
+            return None
+        start = bisect.bisect_right(self._orders, _order(cursor))
+        return self.events[start:start + limit]
+
+
+def _answer(done: asyncio.Future[Applied], result: Applied | BaseException) -> None:
+    if done.done():  # its caller went away
+        return
+    if isinstance(result, BaseException):
+        done.set_exception(result)
+    else:
+        done.set_result(result)
+
+
+def _job_of(body: str) -> Job | None:
+    return Job.from_dict(json.loads(body)) if body else None
+
+
+async def _drain(writes: asyncio.Queue[tuple[_Write, asyncio.Future[Applied]]]) -> None:
+    """Wait until the writes already handed to `apply` are answered (closing finishes them)."""
+    while not writes.empty():
+        await asyncio.sleep(0.01)
 
 
 def _event(cursor: str, fields: dict[str, str]) -> Event:
