@@ -27,6 +27,7 @@ from relay.models import Schema
 from relay.runtime.metrics import Metrics
 from relay.runtime.server import serving
 from relay.sim import Fault, GenerationProvider, JobStatusProvider, generation_timeline
+from tests.support import eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -166,3 +167,17 @@ async def test_a_provider_without_a_catalog_leaves_errors_unexplained_and_nothin
             sim.advance(job)
         update = await client.status(job)
     assert update.error is not None and update.error["fix"] is None
+
+
+async def test_catalogs_are_read_at_start_and_again_every_period():
+    catalogs = Catalogs(Metrics(), every=0.05)
+    async with generation(catalogs) as (sim, client):
+        sim.faults.push(Fault(status=503, route="errors"))  # the first read fails
+        catalogs.start([client])
+        try:
+            await eventually(lambda: catalogs.get("gen") is not None)
+            sim.catalog = [{"code": "later", "message": "A later catalog.", "fix": "Wait."}]
+            await eventually(lambda: "later" in (catalogs.get("gen") or {}))
+        finally:
+            await catalogs.stop()
+    assert sim.requests["errors"] >= 3

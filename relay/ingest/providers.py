@@ -267,11 +267,19 @@ def _parse(where: str, raw: bytes, status: int) -> Any:
 
 def _answer_error(where: str, response: httpx.Response, raw: bytes) -> AnswerError:
     code, detail = envelope(raw)
-    said = f": {detail[:200]}" if detail else ""
+    words = detail or _plain(response, raw)
+    said = f": {words[:200]}" if words else ""
     return AnswerError(f"{where} answered {response.status_code}{said}",
                        status=response.status_code,
                        retry_after=retry_after(response.headers.get("retry-after")),
                        code=code, detail=detail)
+
+
+def _plain(response: httpx.Response, raw: bytes) -> str:
+    """A plain-text error answer, as words for the log (a proxy's, say): no envelope."""
+    if not response.headers.get("content-type", "").startswith("text/plain"):
+        return ""
+    return " ".join(raw[:400].decode("utf-8", "replace").split())
 
 
 def envelope(raw: bytes) -> tuple[str | None, str | None]:

@@ -17,13 +17,13 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 from starlette.routing import Route
 
 from relay.sim.faults import Fault, FaultQueue
@@ -38,6 +38,50 @@ logger = logging.getLogger(__name__)
 
 HANG_SECONDS = 3600.0
 CHUNK = 64 * 1024
+
+
+class Padding(Response):
+    """A JSON object of `size` bytes, `{"pad": "xxx…"}`, sent in chunks without a
+    Content-Length until the client hangs up; `sent(n)` is told of each chunk the server took
+    (so a test can tell how much a client read before it stopped)."""
+
+    media_type = "application/json"
+
+    def __init__(self, size: int, sent: Callable[[int], None]) -> None:
+        super().__init__()
+        del self.headers["content-length"]
+        self.size = size
+        self.sent = sent
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        gone = asyncio.Event()
+
+        async def listen() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone.set()
+
+        listener = asyncio.create_task(listen())
+        try:
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": self.raw_headers})
+            for chunk in self._chunks():
+                if gone.is_set():
+                    return
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                self.sent(len(chunk))
+            await send({"type": "http.response.body", "body": b""})
+        finally:
+            listener.cancel()
+
+    def _chunks(self) -> Iterator[bytes]:
+        head, tail = b'{"pad": "', b'"}'
+        left = max(0, self.size - len(head) - len(tail))
+        yield head
+        while left > 0:
+            yield b"x" * min(CHUNK, left)
+            left -= min(CHUNK, left)
+        yield tail
 
 
 class SimulatedProvider(abc.ABC):
@@ -248,20 +292,11 @@ class SimulatedProvider(abc.ABC):
         if fault.body is not None:
             return Response(fault.body, media_type="application/json")
         if fault.oversize:
-            return StreamingResponse(self._padding(fault.oversize), media_type="application/json")
+            return Padding(fault.oversize, self._count_streamed)
         return None
 
-    async def _padding(self, size: int) -> AsyncIterator[bytes]:
-        """A JSON object of `size` bytes, `{"pad": "xxx…"}`, in chunks, counted as sent."""
-        head, tail = b'{"pad": "', b'"}'
-        left = max(0, size - len(head) - len(tail))
-        yield head
-        while left > 0:
-            chunk = b"x" * min(CHUNK, left)
-            left -= len(chunk)
-            self.streamed += len(chunk)
-            yield chunk
-        yield tail
+    def _count_streamed(self, size: int) -> None:
+        self.streamed += size
 
     async def _pause(self, seconds: float) -> bool:
         """Sleep up to `seconds`; True if the server began stopping meanwhile."""
