@@ -30,7 +30,7 @@ from relay.ingest.providers import ProviderClients
 from relay.ingest.recorder import Recorder
 from relay.models import Event, Job, Source
 from relay.polling.leases import PollLeases, lease_ttl
-from relay.polling.pollers import POLLERS, Poller
+from relay.polling.pollers import POLLERS, Poller, Services
 from relay.polling.schedule import Tracked
 from relay.runtime.metrics import Metrics
 from relay.runtime.tasks import cancel_all
@@ -43,17 +43,19 @@ PAGE = 500
 
 
 class Scheduler:
-    """One `Poller` per provider that has a `base_url`, fed by the store's event log."""
+    """One `Poller` per provider that has a `base_url`, fed by the store's event log.
+    `public_url` is the relay's (`server.public_url`): a `generation` job whose webhookUrl is
+    not under it will never call back (without it, none is taken to)."""
 
     def __init__(self, providers: Providers, store: Store, recorder: Recorder,
-                 clients: ProviderClients, metrics: Metrics, *, seed: int | None = None,
-                 lease_ttl_seconds: float | None = None) -> None:
+                 clients: ProviderClients, metrics: Metrics, *, public_url: str = "",
+                 seed: int | None = None, lease_ttl_seconds: float | None = None) -> None:
         self.providers = providers
         self.store = store
         self.recorder = recorder
         self.clients = clients
         self.metrics = metrics
-        self.rng = random.Random(seed)
+        self.services = Services(recorder, metrics, random.Random(seed), public_url)
         self.pollers: dict[str, Poller] = {}
         self.leases = PollLeases(store.leases, lease_ttl_seconds or lease_ttl(providers))
         self._tasks: list[asyncio.Task[None]] = []
@@ -61,8 +63,7 @@ class Scheduler:
     async def start(self) -> None:
         """Rebuild the schedule from the store, then poll and follow the store's log."""
         self.pollers = {
-            name: POLLERS[provider.schema](provider, client, self.recorder, self.metrics,
-                                           self.rng)
+            name: POLLERS[provider.schema](provider, client, self.services)
             for name, provider in self.providers.items()
             if (client := self.clients.get(name)) is not None}
         for name in self.providers.keys() - self.pollers.keys():
