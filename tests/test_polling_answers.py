@@ -4,14 +4,17 @@ job has a deadline: the real relay on uvicorn against simulated providers over r
 from __future__ import annotations
 
 import itertools
+from datetime import datetime
 from typing import Any
 
 import pytest
 
 from relay.ingest.providers import MAX_ANSWER
+from relay.settings import parse_settings
 from relay.sim import Fault, generation_timeline, jobstatus_timeline
-from tests.support import eventually
+from tests.support import eventually, free_port
 from tests.test_polling import counter, final, relay_for, settings_for, simulators
+from tests.test_polling_progress import history
 
 pytestmark = pytest.mark.anyio
 
@@ -127,6 +130,71 @@ async def test_unreadable_oversized_and_deeply_nested_answers_are_passing_troubl
     assert job["state"] == "succeeded"
     assert unreadable == 3
     assert sims.jobs.streamed < MAX_ANSWER + 16 * 2**20  # the 64 MB answer was not read whole
+
+
+# -- deadlines -------------------------------------------------------------------------------
+
+async def test_a_job_past_max_job_age_fails_with_deadline_exceeded_and_is_polled_no_more():
+    async with simulators() as sims, relay_for(settings_for(sims, jobs={"max_job_age": 0.5})
+                                               ) as relay:
+        external = sims.jobs.create_job(jobstatus_timeline(step=60))
+        job_id = (await relay.track("jobs", external))["job"]["id"]
+        job = await final(relay, job_id)
+        polls = sims.jobs_seen.asked.count(external)
+        other = sims.jobs.create_job(jobstatus_timeline(step=0.04))  # ends before its deadline
+        assert (await final(relay, (await relay.track("jobs", other))["job"]["id"]))[
+            "state"] == "succeeded"
+        expired = await counter(relay, "relay_job_deadlines_exceeded_total", provider="jobs")
+        tracked_at = (await history(relay, job_id))[0]["received_at"]
+    assert (job["state"], job["error"]["code"], job["error"]["retryable"]) == (
+        "failed", "deadline_exceeded", True)
+    assert job["provider_status"] == "queued"  # what the provider last said stays
+    assert 0.5 <= seconds_between(tracked_at, job["finished_at"]) < 1.5
+    assert expired == 1 and polls >= 1
+    assert sims.jobs_seen.asked.count(external) == polls  # none after it failed
+    assert sims.jobs_seen.asked.count(other) >= 2
+
+
+async def test_a_job_no_poller_polls_gets_its_deadline_too():
+    settings = parse_settings({"server": {"store": "memory://", "port": free_port()},
+                               "providers": {"pushed": {"schema": "generation",
+                                                        "max_job_age": 0.3}}})
+    async with relay_for(settings) as relay:
+        job = await final(relay, (await relay.track("pushed", "g-1"))["job"]["id"])
+    assert (job["state"], job["error"]["code"]) == ("failed", "deadline_exceeded")
+
+
+async def test_max_job_age_0_means_no_deadline():
+    async with simulators() as sims, relay_for(settings_for(sims, jobs={"max_job_age": 0})
+                                               ) as relay:
+        external = sims.jobs.create_job(jobstatus_timeline(step=0.3))
+        job = await final(relay, (await relay.track("jobs", external))["job"]["id"])
+    assert job["state"] == "succeeded"
+
+
+async def test_a_deadline_counts_from_tracking_across_a_restart(tmp_path):
+    async with simulators() as sims:
+        settings = settings_for(sims, store=f"sqlite:///{tmp_path}/relay.db",
+                                jobs={"max_job_age": 3})
+        external = sims.jobs.create_job(jobstatus_timeline(step=1.5))
+        async with relay_for(settings) as relay:
+            job_id = (await relay.track("jobs", external))["job"]["id"]
+
+            async def running() -> bool:
+                job = (await relay.client.get(f"/v1/jobs/{job_id}")).json()
+                return job["state"] == "running"  # 1.5 s after tracking
+
+            await eventually(running)
+        async with relay_for(settings) as relay:
+            job = await final(relay, job_id)
+            tracked_at = (await history(relay, job_id))[0]["received_at"]
+    assert job["error"]["code"] == "deadline_exceeded"
+    # Counted from tracking (3 s), not from the restart (which would make it 4.5 s or more).
+    assert 3.0 <= seconds_between(tracked_at, job["finished_at"]) < 4.2
+
+
+def seconds_between(earlier: str, later: str) -> float:
+    return (datetime.fromisoformat(later) - datetime.fromisoformat(earlier)).total_seconds()
 
 
 # -- the error catalog ---------------------------------------------------------------------------
