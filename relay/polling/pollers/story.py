@@ -18,17 +18,22 @@ from relay.polling.schedule import Schedule, Tracked
 
 logger = logging.getLogger(__name__)
 
+LIST_SLACK = 200
+"""Entries a sweep reads past as many as this relay polls jobs of the provider: room for the
+finished and untracked jobs the list shows among them. In entries, not pages, so a smaller
+`page_size` does not make relay give up on the list sooner."""
+
 
 class StoryPoller(Poller):
     """Refreshes its jobs with `GET /v1/jobs` pages of `page_size` entries, newest first, one
     sweep at a time: when a job is due, every job within half an interval of its due time is
-    wanted, and pages are read until all of them were seen (or the list ends, or there were
-    more pages than this relay's jobs could fill). Every tracked job a page shows is refreshed;
-    each page moves the offset on by all of its entries, readable or not. A wanted job no page
-    showed is old or hidden, and one whose entry relay cannot read is odd: from then on either
-    is read alone (`GET /v1/generate/story/{id}`), so that one bad entry costs only itself.
-    A list the provider refuses (400, 404, 410, 422, 451) leaves the wanted jobs to be read
-    alone too: each job's own answer then decides about it."""
+    wanted, and pages are read until all of them were seen (or the list ends, or the pages held
+    `LIST_SLACK` more entries than this relay polls jobs). Every tracked job a page shows is
+    refreshed; each page moves the offset on by all of its entries, readable or not. A wanted
+    job no page showed is old or hidden, and one whose entry relay cannot read is odd: from
+    then on either is read alone (`GET /v1/generate/story/{id}`), so that one bad entry costs
+    only itself. A list the provider refuses (400, 404, 410, 422, 451) leaves the wanted jobs
+    to be read alone too: each job's own answer then decides about it."""
 
     client: StoryClient
 
@@ -91,7 +96,7 @@ class StoryPoller(Poller):
     async def _read_pages(self, remaining: dict[str, Tracked]) -> bool:
         """Pages until every wanted job was seen; False when the gate closed on the way."""
         offset = pages = 0
-        most = len(self.jobs) // self.page_size + 2
+        most = -(-(len(self.jobs) + LIST_SLACK) // self.page_size)  # pages, rounded up
         while remaining and pages < most:
             if pages and self.gate.delay(time.monotonic()) != 0:
                 return False
