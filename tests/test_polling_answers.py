@@ -29,7 +29,8 @@ async def readyz(relay: Any) -> dict[str, Any]:
 
 @pytest.mark.parametrize(("status", "word"), [(402, "payment_required"), (403, "unauthorized")])
 async def test_a_402_or_403_pauses_the_provider_shows_in_readyz_and_keeps_the_jobs(status, word):
-    async with simulators() as sims, relay_for(settings_for(sims)) as relay:
+    async with simulators() as sims, \
+            relay_for(settings_for(sims, jobs={"max_concurrency": 2})) as relay:
         sims.jobs.faults.push(Fault(status=status, count=FOREVER))
         externals = [sims.jobs.create_job(jobstatus_timeline(step=0.1)) for _ in range(5)]
         tracked = [await relay.track("jobs", e) for e in externals]
@@ -42,9 +43,11 @@ async def test_a_402_or_403_pauses_the_provider_shows_in_readyz_and_keeps_the_jo
         shown = (await readyz(relay))["providers"]["jobs"]
         assert (shown["status"], shown["error"]) == (status, sims_code(status))
         assert await counter(relay, "relay_provider_unauthorized", provider="jobs") == 1
-        # Probed gently, one call at a time, the pauses growing: no loop per job.
-        await eventually(lambda: len(sims.jobs_seen.arrivals) >= 6)
-        gaps = [b - a for a, b in itertools.pairwise(sims.jobs_seen.arrivals[-4:])]
+        # Probed gently, one call at a time, the pauses growing: no loop per job. (Counted
+        # from when it showed paused: the first wave of calls crossed the first refusal.)
+        mark = len(sims.jobs_seen.arrivals)
+        await eventually(lambda: len(sims.jobs_seen.arrivals) >= mark + 4)
+        gaps = [b - a for a, b in itertools.pairwise(sims.jobs_seen.arrivals[mark:])]
         assert min(gaps) >= 0.05 * 0.99
         for t in tracked:  # the jobs stay as they were
             job = (await relay.client.get(f"/v1/jobs/{t['job']['id']}")).json()

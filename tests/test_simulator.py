@@ -498,7 +498,7 @@ async def test_a_refused_job_answers_its_status_with_the_envelope_or_plain_text(
 @pytest.mark.anyio
 async def test_story_lists_can_hold_garbled_and_junk_entries():
     sim = StoryProvider(api_key=KEY)
-    good, odd = sim.create_job(), sim.create_job()
+    good, odd = (sim.create_job(story_timeline(step=60)) for _ in range(2))
     sim.garble(odd, {"job_id": odd, "status": 7})
     sim.junk = [42, {"status": "processing"}]
     async with serving(sim.app) as base, httpx.AsyncClient(base_url=base, headers=BEARER) as c:
