@@ -3,6 +3,7 @@ each the slice of configuration it uses, and wires them together. Nothing else c
 them; tests build the real app through here.
 
     store ◄── recorder ◄── webhook ingest, tracking, cancel, poll scheduler
+      │                     error catalogs ──► provider clients (polls)
       │
       ├──► hub ──► SSE streams, long-polls
       └──► outbound service ──► downstream consumers
@@ -31,6 +32,7 @@ from relay.http.operations import Operations
 from relay.http.pages import Pages
 from relay.http.subscriptions import Subscriptions
 from relay.ingest.cancel import Cancel
+from relay.ingest.catalogs import Catalogs
 from relay.ingest.providers import ProviderClients
 from relay.ingest.recorder import Recorder
 from relay.ingest.tracking import Tracking
@@ -52,9 +54,11 @@ def create_app(settings: Settings, *, store: Store | None = None,
     access = Access(server.api_keys, tokens)
     hub = Hub(store, metrics, server.heartbeat)
     recorder = Recorder(store, metrics)
-    clients = ProviderClients(providers, http)
-    scheduler = Scheduler(providers, store, recorder, clients, metrics)
-    ingest = WebhookIngest(providers, recorder, tokens, metrics,
+    catalogs = Catalogs(metrics)
+    clients = ProviderClients(providers, http, catalogs)
+    scheduler = Scheduler(providers, store, recorder, clients, metrics,
+                          public_url=server.public_url)
+    ingest = WebhookIngest(providers, recorder, tokens, metrics, catalogs=catalogs,
                            on_unverified=scheduler.unverified)
     tracking = Tracking(providers, recorder, tokens, server.public_url)
     cancel = Cancel(providers, store, recorder, clients)
@@ -73,6 +77,8 @@ def create_app(settings: Settings, *, store: Store | None = None,
             running.push_async_callback(outbound.stop)
             clients.open()
             running.push_async_callback(clients.close)
+            catalogs.start(clients.catalog_sources())
+            running.push_async_callback(catalogs.stop)
             await scheduler.start()
             running.push_async_callback(scheduler.stop)
             yield
@@ -90,4 +96,5 @@ def create_app(settings: Settings, *, store: Store | None = None,
     app.state.stopping = hub.stopping
     app.state.store = store
     app.state.outbound = outbound
+    app.state.catalogs = catalogs
     return app

@@ -33,6 +33,9 @@ class ProviderConfig:
     poll_max_interval: float = 60.0
     webhook_grace: float = 120.0
     max_concurrency: int = 8
+    max_job_age: float = 86400.0  # seconds after tracking starts; 0: no deadline
+    progress: bool = True  # generation: poll include=progress while a job runs
+    page_size: int = 50  # story: the limit of each GET /v1/jobs page
     auth_header: str | None = None
     auth_scheme: str | None = None  # "" sends the bare key
 

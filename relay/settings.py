@@ -17,6 +17,7 @@ from typing import Any
 from relay.config import ProviderConfig, ServerConfig, Settings, SubscriptionConfig
 from relay.errors import ConfigError
 from relay.models import Schema
+from relay.normalise.story import MAX_LIST  # the entries of one page relay reads
 
 MIN_SECRET = 16
 """Characters a secret or API key has at least when the relay is reachable from elsewhere."""
@@ -167,7 +168,9 @@ def _check_exposure(server: ServerConfig) -> None:
 
 _PROVIDER_KEYS = {"schema", "base_url", "api_key", "webhook_secret", "signature_tolerance",
                   "poll_interval", "poll_max_interval", "webhook_grace", "max_concurrency",
-                  "auth_header", "auth_scheme"}
+                  "max_job_age", "progress", "page_size", "auth_header", "auth_scheme"}
+_SCHEMA_KEYS = {"progress": Schema.GENERATION, "page_size": Schema.STORY}
+"""Keys that mean something to one schema only: set on another, they are a mistake."""
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
@@ -179,6 +182,7 @@ def _provider(name: str, table: Any) -> ProviderConfig:
         raise ConfigError(f"{key}: expected a table")
     _check_keys(table, _PROVIDER_KEYS, key)
     schema = _schema(table, key)
+    _check_schema_keys(table, schema, key)
     interval = _float(table, "poll_interval", key, 2.0, low=0.01)
     return ProviderConfig(
         name=name,
@@ -192,6 +196,9 @@ def _provider(name: str, table: Any) -> ProviderConfig:
                                  low=interval),
         webhook_grace=_float(table, "webhook_grace", key, 120.0, low=0),
         max_concurrency=_int(table, "max_concurrency", key, 8, low=1, high=1000),
+        max_job_age=_float(table, "max_job_age", key, 86400.0, low=0),
+        progress=_bool(table, "progress", key, True),
+        page_size=_int(table, "page_size", key, 50, low=1, high=MAX_LIST),
         auth_header=_str(table, "auth_header", key, "") or None,
         auth_scheme=_str(table, "auth_scheme", key, "") if "auth_scheme" in table else None,
     )
@@ -207,6 +214,12 @@ def _schema(table: Mapping[str, Any], key: str) -> Schema:
         raise ConfigError(
             f"{key}.schema: unknown schema {value!r} (expected story, generation or jobstatus)"
         ) from None
+
+
+def _check_schema_keys(table: Mapping[str, Any], schema: Schema, key: str) -> None:
+    for name, only in _SCHEMA_KEYS.items():
+        if name in table and schema is not only:
+            raise ConfigError(f"{key}.{name}: only a {only.value} provider has it")
 
 
 def _secrets(table: Mapping[str, Any], key: str) -> tuple[str, ...]:

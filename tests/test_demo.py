@@ -101,6 +101,23 @@ def wait_until(page, predicate, timeout: float = 20.0):
     raise AssertionError("the dashboard did not get there in time")
 
 
+GENERATION_BARS = """() => [...document.querySelectorAll('#jobs tr[data-provider="lipsync"]')]
+    .map(tr => [tr.dataset.state, parseFloat(tr.querySelector('.bar span').style.width || 0)])"""
+
+
+def test_a_generation_job_shows_progress_part_way_on_the_dashboard(demo, page):
+    # The provider's webhooks report only the end: the bar moves because relay polls
+    # include=progress while the job runs (CONTRACT section 4).
+    page.goto(demo.url + "/")
+    wait_until(page, lambda: page.inner_text("#connection") == "live")
+    part_way = wait_until(page, lambda: [width for state, width in page.evaluate(GENERATION_BARS)
+                                         if state == "running" and 0 < width < 100],
+                          timeout=30)
+    assert all(0 < width < 100 for width in part_way)
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "dashboard-generation-progress.png"))
+
+
 def test_dashboard_shows_progress_live_and_catches_up_after_a_restart(demo, page):
     page.goto(demo.url + "/")
     wait_until(page, lambda: page.inner_text("#connection") == "live")
@@ -125,6 +142,6 @@ def test_dashboard_shows_progress_live_and_catches_up_after_a_restart(demo, page
     demo.start()  # same port, same SQLite directory: tokens and cursors still hold
     wait_until(page, lambda: page.inner_text("#connection") == "live", timeout=30)
     # Jobs started after the restart arrive, and so do the final states of the jobs the old
-    # providers took with them (they fail with provider_not_found once polled).
+    # providers took with them (they fail with the new providers' not_found once polled).
     wait_until(page, lambda: {j for j, _, _ in page.evaluate(BARS)} - before, timeout=30)
     page.screenshot(path=str(ARTIFACTS / "dashboard-after-restart.png"))

@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qs
 
 import httpx
 import pytest
@@ -27,7 +28,7 @@ from relay.sim import (
     jobstatus_timeline,
     story_timeline,
 )
-from tests.support import WEBHOOK_SECRET, Relay, eventually, sse
+from tests.support import WEBHOOK_SECRET, Relay, eventually, free_port, sse
 
 pytestmark = pytest.mark.anyio
 
@@ -37,19 +38,22 @@ FAST = {"poll_interval": 0.05, "poll_max_interval": 0.5}
 
 class Recorded:
     """An ASGI wrapper noting when each request arrived and when each answer started, with
-    its status: what a provider would see of the relay's polling."""
+    its status, and the `jobId` each asked about: what a provider would see of the relay's
+    polling."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
         self.state = app.state  # the server signals shutdown through it
         self.arrivals: list[float] = []
         self.answers: list[tuple[float, int]] = []
+        self.asked: list[str] = []
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         self.arrivals.append(time.monotonic())
+        self.asked.append(parse_qs(scope["query_string"].decode()).get("jobId", [""])[0])
 
         async def noting(message: Any) -> None:
             if message["type"] == "http.response.start":
@@ -80,14 +84,16 @@ async def simulators(jobs_key: str = KEY) -> AsyncIterator[Sims]:
 
 def settings_for(sims: Sims, store: str = "memory://", server: dict[str, Any] | None = None,
                  **overrides: dict[str, Any]) -> Settings:
-    """One provider of each schema pointed at the simulators; `overrides` per provider name."""
+    """One provider of each schema pointed at the simulators; `overrides` per provider name.
+    The relay gets a port of its own, so its public URL (the base of its webhook URLs) is
+    where `relay_for` serves it."""
     providers = {
         "gen": {"schema": "generation", "webhook_secret": WEBHOOK_SECRET, "webhook_grace": 0.3},
         "stories": {"schema": "story"},
         "jobs": {"schema": "jobstatus"},
     }
     return parse_settings({
-        "server": {"store": store, **(server or {})},
+        "server": {"store": store, "port": free_port(), **(server or {})},
         "providers": {name: {**table, **FAST, "base_url": sims.urls[name], "api_key": KEY,
                              **overrides.get(name, {})}
                       for name, table in providers.items()},
@@ -98,7 +104,8 @@ def settings_for(sims: Sims, store: str = "memory://", server: dict[str, Any] | 
 async def relay_for(settings: Settings, http: httpx.AsyncClient | None = None
                     ) -> AsyncIterator[Relay]:
     app = create_app(settings, http=http)
-    async with serving(app) as url, httpx.AsyncClient(base_url=url, timeout=10) as client:
+    async with serving(app, port=settings.server.port) as url, \
+            httpx.AsyncClient(base_url=url, timeout=10) as client:
         yield Relay(url, app.state.store, client)
 
 
@@ -188,28 +195,34 @@ async def test_jobs_reach_their_final_state_through_500s_timeouts_and_dropped_we
                              outcome="unreachable") == 2
 
 
-async def test_a_generation_job_whose_webhooks_arrive_is_never_polled():
+async def test_a_generation_job_whose_webhooks_arrive_is_read_once_then_never_polled():
+    # With `progress` off only: with it on (the default) relay polls for progress, which
+    # webhooks never report (test_polling_progress.py).
     async with simulators() as sims:
-        settings = settings_for(sims, gen={"webhook_grace": 5})
+        settings = settings_for(sims, gen={"webhook_grace": 5, "progress": False})
         async with relay_for(settings) as relay:
             gen_ext = sims.gen.create_job(generation_timeline(step=0.1),
                                           webhook_url=f"{relay.url}/hooks/gen")
             job_id = (await relay.track("gen", gen_ext))["job"]["id"]
             assert (await final(relay, job_id))["state"] == "succeeded"
         assert sims.gen.webhooks["sent"] >= 2  # PROCESSING, COMPLETED
-        assert sims.gen.requests["get"] == 0
+        # The one read when tracking starts (CONTRACT section 4): its webhookUrl is relay's.
+        assert sims.gen.requests["get"] == 1
 
 
 async def test_a_generation_job_past_its_grace_is_long_polled_until_terminal():
+    settings_extra = {"webhook_grace": 0.2, "poll_max_interval": 3, "progress": False}
     async with simulators() as sims:
-        settings = settings_for(sims, gen={"webhook_grace": 0.2, "poll_max_interval": 3})
+        settings = settings_for(sims, gen=settings_extra)
         async with relay_for(settings) as relay:
             gen_ext = sims.gen.create_job(generation_timeline(step=0.5))  # no webhook URL
             job_id = (await relay.track("gen", gen_ext))["job"]["id"]
             assert (await final(relay, job_id))["state"] == "succeeded"
-        # One quick poll with progress when the grace ran out, then long-polls held open by
-        # the provider (up to 3 s each) until the job ended about 2 s later.
+        # One quick read with progress when tracking started (no webhookUrl: it will never
+        # call back), then long-polls held open by the provider (up to 3 s each) until the
+        # job ended about 2 s later.
         assert sims.gen.requests["get"] <= 3
+        assert sims.gen.reads["wait"] >= 1
 
 
 async def test_a_job_first_seen_by_webhook_is_polled_to_its_end():
@@ -224,9 +237,11 @@ async def test_a_job_first_seen_by_webhook_is_polled_to_its_end():
 
 async def test_an_unverified_delivery_makes_the_relay_poll_the_job_it_names():
     async with simulators() as sims:
-        settings = settings_for(sims, gen={"webhook_grace": 60})
+        settings = settings_for(sims, gen={"webhook_grace": 60, "progress": False})
+        sims.gen.faults.push(Fault(drop_webhooks=1.0))  # it calls relay back, but none arrive
         async with relay_for(settings) as relay:
-            gen_ext = sims.gen.create_job(generation_timeline(step=0.05))
+            gen_ext = sims.gen.create_job(generation_timeline(step=0.3),
+                                          webhook_url=f"{relay.url}/hooks/gen")
             job_id = (await relay.track("gen", gen_ext))["job"]["id"]
             await eventually(lambda: sims.gen.is_terminal(gen_ext))
             forged = await relay.webhook({"id": gen_ext, "status": "COMPLETED"}, secret="wrong")
@@ -235,7 +250,8 @@ async def test_an_unverified_delivery_makes_the_relay_poll_the_job_it_names():
             assert job["state"] == "succeeded"
             history = (await relay.client.get(f"/v1/jobs/{job_id}/history")).json()["events"]
             assert history[-1]["source"] == "poll"
-            assert sims.gen.requests["get"] == 1
+            # The read when tracking started, then the one the forged delivery asked for.
+            assert sims.gen.requests["get"] == 2
 
 
 async def test_polling_resumes_after_a_restart_and_the_job_completes(tmp_path):
@@ -300,12 +316,15 @@ async def test_cancel_requires_an_api_key_when_keys_are_configured():
         assert (response.status_code, response.json()["error"]) == (401, "unauthorized")
 
 
-async def test_a_job_the_provider_answers_404_for_fails_with_provider_not_found():
+async def test_a_job_the_provider_answers_404_for_three_times_fails_with_its_code():
     async with simulators() as sims, relay_for(settings_for(sims)) as relay:
         job_id = (await relay.track("jobs", "no-such-job"))["job"]["id"]
         job = await final(relay, job_id)
         assert job["state"] == "failed"
-        assert job["error"]["code"] == "provider_not_found"
+        # CONTRACT section 4: the provider's error code (its envelope says "not_found") and
+        # message; provider_not_found only where it sent none (test_polling_answers.py).
+        assert job["error"] == {"code": "not_found", "message": "Job no-such-job not found.",
+                                "fix": None, "retryable": False}
         assert sims.jobs.requests["get"] == 3
 
 

@@ -105,3 +105,43 @@ def test_an_unverified_body_too_deeply_nested_to_parse_names_no_job():
 
     assert named_job(Schema.GENERATION, b"[" * 100_000) is None
     assert named_job(Schema.GENERATION, b'{"id": "g-1", "status": "x"}') == "g-1"
+
+
+@pytest.mark.parametrize(("status", "one_job", "expected"), [
+    (401, True, "account"), (402, True, "account"), (403, False, "account"),
+    (429, True, "throttled"), (503, False, "throttled"),
+    (404, True, "missing"), (410, True, "refused"), (451, True, "refused"),
+    (400, True, "refused"), (422, True, "refused"),
+    (400, False, "refused"), (404, False, "refused"),  # a list refused: jobs are read alone
+    (408, True, "passing"), (409, True, "passing"), (425, True, "passing"),
+    (500, True, "passing"), (502, True, "passing"), (504, False, "passing"),
+    (418, True, "passing"), (None, True, "passing"),
+])
+def test_the_poll_answer_table(status, one_job, expected):
+    from relay.polling.answers import meaning
+
+    assert meaning(ProviderError("x", status=status), one_job=one_job) == expected
+
+
+def test_an_unreadable_answer_is_passing_trouble_whatever_its_status():
+    from relay.ingest.providers import UnreadableAnswer
+    from relay.polling.answers import meaning, outcome
+
+    error = UnreadableAnswer("too large", status=200)
+    assert (meaning(error), outcome(error)) == ("passing", "unreadable")
+
+
+@pytest.mark.parametrize(("status", "code", "detail", "expected"), [
+    (451, "content_blocked", "Blocked.", {"code": "content_blocked", "message": "Blocked."}),
+    (404, None, None, {"code": "provider_not_found", "message": "p: GET /x answered 404"}),
+    (410, None, None, {"code": "provider_not_found", "message": "p: GET /x answered 410"}),
+    (422, None, "Bad id.", {"code": "http_422", "message": "Bad id."}),
+])
+def test_a_refusal_keeps_the_provider_s_code_and_message_and_is_not_retryable(
+        status, code, detail, expected):
+    from relay.ingest.providers import AnswerError
+    from relay.polling.answers import refusal
+
+    error = AnswerError(f"p: GET /x answered {status}", status=status, retry_after=None,
+                        code=code, detail=detail)
+    assert refusal(error) == {**expected, "fix": None, "retryable": False}

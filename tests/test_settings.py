@@ -40,6 +40,18 @@ webhook_secret = ["old", "new"]
     assert (provider.schema, provider.api_key) == (Schema.GENERATION, "p1")
     assert provider.webhook_secrets == ("old", "new")
     assert (provider.poll_interval, provider.poll_max_interval) == (2.0, 60.0)
+    assert (provider.max_job_age, provider.progress, provider.page_size) == (86400.0, True, 50)
+
+
+def test_the_polling_keys_of_one_schema_are_read_for_it():
+    settings = parse_settings({"providers": {
+        "gen": {"schema": "generation", "progress": False, "max_job_age": 0},
+        "stories": {"schema": "story", "page_size": 200, "max_job_age": 3600},
+    }})
+    assert (settings.providers["gen"].progress, settings.providers["gen"].max_job_age) == (
+        False, 0.0)
+    assert (settings.providers["stories"].page_size,
+            settings.providers["stories"].max_job_age) == (200, 3600.0)
 
 
 def test_defaults_without_a_file(tmp_path, monkeypatch):
@@ -66,6 +78,14 @@ def test_port_is_honoured_and_relay_port_wins(tmp_path):
     ('[server]\nbogus = 1', {}, "server.bogus: unknown key"),
     ('[providers.a]\nschema = "story"\npoll_interval = -1', {}, "providers.a.poll_interval"),
     ('[server]\nstore = "postgres://x"', {}, "server.store: expected"),
+    ('[providers.a]\nschema = "story"\npage_size = 0', {}, "providers.a.page_size: expected"),
+    ('[providers.a]\nschema = "jobstatus"\npage_size = 10', {},
+     "providers.a.page_size: only a story provider has it"),
+    ('[providers.a]\nschema = "story"\nprogress = true', {},
+     "providers.a.progress: only a generation provider has it"),
+    ('[providers.a]\nschema = "generation"\nprogress = "yes"', {},
+     "providers.a.progress: expected true/false"),
+    ('[providers.a]\nschema = "jobstatus"\nmax_job_age = -1', {}, "providers.a.max_job_age"),
     ('[server]\nhost = "0.0.0.0"', {}, "server.secret: required when not bound to loopback"),
     ('[server]\nhost = "0.0.0.0"\nsecret = "s"', {}, "server.api_keys: required"),
     ('[server]\nhost = "0.0.0.0"\nsecret = "s"\napi_keys = ["a-long-enough-api-key"]', {},

@@ -438,3 +438,107 @@ def test_advance_keeps_the_spacing_of_later_steps():
     assert sim.snapshot(job_id)["status"] == "in_progress"
     clock.now += 0.5
     assert sim.snapshot(job_id)["status"] == "completed"
+
+
+# -- what real providers also do ---------------------------------------------------------------
+
+@pytest.mark.anyio
+async def test_generation_serves_its_error_catalog_without_an_api_key(generation):
+    default = generation.sim.catalog
+    async with httpx.AsyncClient(base_url=generation.url) as c:
+        answer = await c.get("/v2/errors")
+        generation.sim.catalog = [{"code": "x", "message": "y", "fix": "z"}]
+        changed = await c.get("/v2/errors")
+    generation.sim.catalog = default
+    codes = {entry["code"] for entry in answer.json()["errors"]}
+    assert {"generation_input_video_inaccessible", "generation_content_rejected"} <= codes
+    assert all(entry["suggestedFix"] for entry in answer.json()["errors"])
+    assert changed.json() == [{"code": "x", "message": "y", "fix": "z"}]
+    assert generation.sim.requests["errors"] == 2
+
+
+@pytest.mark.anyio
+async def test_generation_reports_progress_to_reads_that_ask_and_in_its_webhooks():
+    receiver = Receiver()
+    sim = GenerationProvider(api_key=KEY, webhook_secret=SECRET)
+    async with serving(receiver.app) as hooks, serving(sim.app) as base:
+        job_id = sim.create_job(generation_timeline(step=0.3, progress_steps=3),
+                                webhook_url=f"{hooks}/hook")
+        await eventually(lambda: sim.snapshot(job_id)["status"] == "PROCESSING")
+        sim.advance(job_id)
+        async with httpx.AsyncClient(base_url=base, headers=X_API_KEY) as c:
+            asked = (await c.get(f"/v2/generate/{job_id}", params={"include": "progress"})).json()
+            plain = (await c.get(f"/v2/generate/{job_id}")).json()
+        await eventually(lambda: sim.is_terminal(job_id) and sim.webhooks["sent"] == 2)
+    assert asked["progress_percent"] == 33.3 and "progress_percent" not in plain
+    assert sim.reads == {"progress": 1, "plain": 1}
+    pushed = [json.loads(body) for _, body in receiver.deliveries]
+    assert [(p["status"], p["progress_percent"]) for p in pushed] == [
+        ("PROCESSING", 0.0), ("COMPLETED", 100.0)]
+
+
+@pytest.mark.anyio
+async def test_a_refused_job_answers_its_status_with_the_envelope_or_plain_text(story):
+    listed = story.sim.create_job(story_timeline(step=60))
+    legal = story.sim.create_job(story_timeline(step=60))
+    gone = story.sim.create_job(story_timeline(step=60))
+    story.sim.refuse(legal, 451, code="content_blocked", message="Blocked in your region.")
+    story.sim.refuse(gone, 410, envelope=False, message="gone for good")
+    async with httpx.AsyncClient(base_url=story.url, headers=BEARER) as c:
+        blocked = await c.get(f"/v1/generate/story/{legal}")
+        plain = await c.get(f"/v1/jobs/{gone}")
+        page = (await c.get("/v1/jobs", params={"limit": 100})).json()
+    assert assert_envelope(blocked, 451, "content_blocked")["message"] == "Blocked in your region."
+    assert (plain.status_code, plain.text) == (410, "gone for good")
+    ids = {entry["job_id"] for entry in page["generations"]}
+    assert listed in ids and not {legal, gone} & ids
+    assert story.sim.snapshot(legal)["status"] == "pending"  # its timeline goes on
+
+
+@pytest.mark.anyio
+async def test_story_lists_can_hold_garbled_and_junk_entries():
+    sim = StoryProvider(api_key=KEY)
+    good, odd = (sim.create_job(story_timeline(step=60)) for _ in range(2))
+    sim.garble(odd, {"job_id": odd, "status": 7})
+    sim.junk = [42, {"status": "processing"}]
+    async with serving(sim.app) as base, httpx.AsyncClient(base_url=base, headers=BEARER) as c:
+        page = (await c.get("/v1/jobs")).json()
+        second = (await c.get("/v1/jobs", params={"limit": 2, "offset": 2})).json()
+        alone = (await c.get(f"/v1/jobs/{odd}")).json()
+    assert page["generations"][:3] == [42, {"status": "processing"}, {"job_id": odd, "status": 7}]
+    assert page["generations"][3]["job_id"] == good and page["total"] == 4
+    assert [e["job_id"] for e in second["generations"]] == [odd, good]
+    assert alone["status"] == "pending"
+
+
+@pytest.mark.anyio
+async def test_body_faults_answer_unreadable_or_oversized_bodies(jobstatus):
+    job_id = jobstatus.sim.create_job()
+    jobstatus.sim.faults.push(Fault(body=b"[" * 10_000), Fault(oversize=3 * 2**20))
+    async with httpx.AsyncClient(base_url=jobstatus.url, headers=BEARER) as c:
+        nested = await c.get("/getJobStatus", params={"jobId": job_id})
+        before = jobstatus.sim.streamed
+        large = await c.get("/getJobStatus", params={"jobId": job_id})
+    assert (nested.status_code, nested.content) == (200, b"[" * 10_000)
+    assert large.status_code == 200 and "content-length" not in large.headers
+    assert len(large.content) == 3 * 2**20 and large.content.startswith(b'{"pad": "')
+    assert jobstatus.sim.streamed - before >= 3 * 2**20 - 16
+
+
+def test_body_faults_are_validated():
+    with pytest.raises(ValueError):
+        Fault(status=500, body=b"{}")
+    with pytest.raises(ValueError):
+        Fault(oversize=-1)
+
+
+def test_a_jobstatus_cancel_that_came_too_late_is_cancelling_then_completed():
+    sim = JobStatusProvider(api_key=KEY, clock=FakeClock())
+    job_id = sim.create_job(jobstatus_timeline(step=1.0, cancelling=True))
+    seen = [sim.snapshot(job_id)["status"]]
+    while not sim.is_terminal(job_id):
+        seen.append(sim.advance(job_id))
+    assert seen[-2:] == ["cancelling", "completed"]
+    assert sim.snapshot(job_id)["progress_stage"] == "completed"
+    with pytest.raises(ValueError):
+        jobstatus_timeline(fail=True, cancelling=True)

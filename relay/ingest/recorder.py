@@ -10,7 +10,7 @@ from typing import Any
 from prometheus_client import Counter
 
 from relay.config import ProviderConfig
-from relay.models import Job, Source, Update, isoformat, utcnow
+from relay.models import Job, Source, State, Update, isoformat, utcnow
 from relay.normalise import merge
 from relay.runtime.metrics import Metrics
 from relay.store import Applied, Store
@@ -66,6 +66,28 @@ class Recorder:
         if counter is None:
             counter = self._event_counters[source] = self.metrics.events.labels(source.value)
         return counter
+
+    async def conclude(self, provider: ProviderConfig, external_id: str, state: State,
+                       error: Mapping[str, Any]) -> Applied:
+        """Relay's own verdict on a job it tracks, the provider having said nothing new (it
+        refuses the job, or the job's deadline passed): the job ends in `state` with `error`,
+        under the merge rules (a terminal job stays as it is), its `provider_status` kept.
+        A job the store does not hold is not started by this."""
+        received = utcnow()
+
+        def change(current: Job | None) -> Job | None:
+            if current is None:
+                return None
+            status = current.provider_status
+            merged = merge(current, Update(external_id, status or "", state, received,
+                                           error=error))
+            return None if merged is None else merged.replace(provider_status=status)
+
+        applied = await self.store.apply(provider.name, external_id, change, source=Source.POLL,
+                                         received_at=isoformat(received))
+        if applied.event is not None:
+            self._events(Source.POLL).inc()
+        return applied
 
     async def track(self, provider: ProviderConfig, external_id: str, *,
                     topics: Sequence[str] = (), metadata: Mapping[str, Any] | None = None

@@ -32,6 +32,7 @@ from prometheus_client import Counter
 
 from relay.config import ProviderConfig, Providers
 from relay.errors import Refusal, Refused, Unverified
+from relay.ingest.catalogs import Catalogs
 from relay.ingest.recorder import Recorder
 from relay.limits import MESSAGE_ID_LENGTH, TEXT_LENGTH
 from relay.models import Schema, Source, utcnow
@@ -65,12 +66,13 @@ class WebhookIngest:
     verification but names a job, so the poll scheduler can check that job at the provider."""
 
     def __init__(self, providers: Providers, recorder: Recorder, tokens: Tokens,
-                 metrics: Metrics,
+                 metrics: Metrics, *, catalogs: Catalogs | None = None,
                  on_unverified: Callable[[str, str], None] | None = None) -> None:
         self.providers = providers
         self.recorder = recorder
         self.tokens = tokens
         self.metrics = metrics
+        self.catalogs = catalogs  # the generation providers' error catalogs
         self.on_unverified = on_unverified
         self._counters: dict[tuple[str, str], Counter] = {}
 
@@ -117,7 +119,8 @@ class WebhookIngest:
                      *, job: Job | None = None, replay_key: str | None = None) -> Applied:
         """Normalise and store a proven delivery; `applied.event` is None for a repeat. A
         delivery through a job's token must be about that job."""
-        update = read_update(provider.schema, payload, utcnow())
+        catalog = self.catalogs.get(provider.name) if self.catalogs is not None else None
+        update = read_update(provider.schema, payload, utcnow(), catalog=catalog)
         if job is not None and job[1] != update.external_id:
             _refuse(provider, "token_for_another_job")
         key = replay_key or _message_key(provider, update.external_id, headers)

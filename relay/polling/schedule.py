@@ -10,6 +10,7 @@ import logging
 import math
 import random
 from dataclasses import dataclass
+from datetime import datetime
 
 from relay.config import ProviderConfig
 from relay.errors import ProviderError
@@ -42,6 +43,8 @@ class Tracked:
     done: bool = False
     started: float = 0.0
     nudged: float = -math.inf
+    inspected: bool = False
+    calls_back: bool = True
 
 
 class Schedule:
@@ -117,9 +120,10 @@ class Gate:
     """Whether a provider may be called now, for all of its jobs at once.
 
     A 429 or 503 closes it until the `Retry-After` (or a growing pause when none is given).
-    A 401 or 403 closes it too, then lets one probe through at a time, the pauses growing to
-    `poll_max_interval`, until a call succeeds: a credential problem is one visible condition,
-    not a retry loop per job.
+    A 401, 402 or 403 (the account cannot call the API: credentials refused, or unpaid) closes
+    it too, then lets one probe through at a time, the pauses growing to `poll_max_interval`,
+    until a call succeeds: an account problem is one visible condition, not a retry loop per
+    job, and the jobs stay as they are.
     """
 
     def __init__(self, provider: ProviderConfig) -> None:
@@ -160,8 +164,8 @@ class Gate:
 
     def deny(self, error: ProviderError, now: float) -> None:
         if self.unauthorized is None:
-            logger.error("provider %s refuses the relay's credentials (%s); polling it is "
-                         "paused and probed until it accepts them", self.name, error)
+            logger.error("provider %s will not serve the relay's account (%s); polling it is "
+                         "paused and probed until it does", self.name, error)
             self.unauthorized_since = isoformat(utcnow())
             self._auth_pause = self.fast
         elif self.probing:  # the probe failed too; calls that crossed the first 401 do not count
@@ -173,6 +177,20 @@ class Gate:
         """A call succeeded: credentials work and the provider is not throttling."""
         self._throttle_pause = 0.0
         if self.unauthorized is not None:
-            logger.warning("provider %s accepts the relay's credentials again", self.name)
+            logger.warning("provider %s serves the relay's account again", self.name)
             self.unauthorized = None
             self.unauthorized_since = None
+
+
+def seconds_since(stamp: str | None) -> float:
+    """Seconds since an ISO 8601 timestamp of the store (0 when there is none, or it is
+    unreadable or in the future)."""
+    if not stamp:
+        return 0.0
+    try:
+        then = datetime.fromisoformat(stamp)
+    except ValueError:
+        return 0.0
+    if then.tzinfo is None:
+        return 0.0
+    return max(0.0, (utcnow() - then).total_seconds())

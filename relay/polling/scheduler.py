@@ -14,6 +14,7 @@ Poll results enter the store through the `Recorder`, like webhooks.
 A job goes to its `Poller` only while this instance holds its poll lease
 (relay.polling.leases: with a store several instances share, each job is polled by one of
 them at a time); lease rounds run between the pages of the log, on the task that follows it.
+Every unfinished job, polled or not, also has its deadline here (relay.polling.deadlines).
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ from relay.errors import RelayError
 from relay.ingest.providers import ProviderClients
 from relay.ingest.recorder import Recorder
 from relay.models import Event, Job, Source
+from relay.polling.deadlines import Deadlines
 from relay.polling.leases import PollLeases, lease_ttl
-from relay.polling.pollers import POLLERS, Poller
+from relay.polling.pollers import POLLERS, Poller, Services
 from relay.polling.schedule import Tracked
 from relay.runtime.metrics import Metrics
 from relay.runtime.tasks import cancel_all
@@ -43,26 +45,28 @@ PAGE = 500
 
 
 class Scheduler:
-    """One `Poller` per provider that has a `base_url`, fed by the store's event log."""
+    """One `Poller` per provider that has a `base_url`, fed by the store's event log.
+    `public_url` is the relay's (`server.public_url`): a `generation` job whose webhookUrl is
+    not under it will never call back (without it, none is taken to)."""
 
     def __init__(self, providers: Providers, store: Store, recorder: Recorder,
-                 clients: ProviderClients, metrics: Metrics, *, seed: int | None = None,
-                 lease_ttl_seconds: float | None = None) -> None:
+                 clients: ProviderClients, metrics: Metrics, *, public_url: str = "",
+                 seed: int | None = None, lease_ttl_seconds: float | None = None) -> None:
         self.providers = providers
         self.store = store
         self.recorder = recorder
         self.clients = clients
         self.metrics = metrics
-        self.rng = random.Random(seed)
+        self.services = Services(recorder, metrics, random.Random(seed), public_url)
         self.pollers: dict[str, Poller] = {}
+        self.deadlines = Deadlines(providers, recorder, metrics)
         self.leases = PollLeases(store.leases, lease_ttl_seconds or lease_ttl(providers))
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
         """Rebuild the schedule from the store, then poll and follow the store's log."""
         self.pollers = {
-            name: POLLERS[provider.schema](provider, client, self.recorder, self.metrics,
-                                           self.rng)
+            name: POLLERS[provider.schema](provider, client, self.services)
             for name, provider in self.providers.items()
             if (client := self.clients.get(name)) is not None}
         for name in self.providers.keys() - self.pollers.keys():
@@ -79,6 +83,7 @@ class Scheduler:
         self._tasks = [asyncio.create_task(poller.run(), name=f"poller-{name}")
                        for name, poller in self.pollers.items()]
         self._tasks.append(asyncio.create_task(self._follow(cursor), name="polling-follower"))
+        self._tasks.append(asyncio.create_task(self.deadlines.run(), name="job-deadlines"))
 
     async def stop(self) -> None:
         await cancel_all(self._tasks)
@@ -112,11 +117,12 @@ class Scheduler:
                 if state["polling"] not in ("ok", "off")}
 
     async def _restore(self) -> set[str]:
-        """Poll the unfinished jobs of the store; their ids."""
+        """Poll the unfinished jobs of the store, and give each its deadline; their ids."""
         now, offset, unfinished = time.monotonic(), 0, set[str]()
         while True:
             jobs, total = await self.store.list_jobs(
                 JobQuery(terminal=False, limit=PAGE, offset=offset))
+            await self._give_deadlines(jobs)
             polled = [job for job in jobs if job.provider in self.pollers]
             unfinished.update(job.id for job in polled)
             await self._admit([job for job in polled
@@ -125,6 +131,15 @@ class Scheduler:
             offset += len(jobs)
             if not jobs or offset >= total:
                 return unfinished
+
+    async def _give_deadlines(self, jobs: list[Job]) -> None:
+        """Deadlines for jobs the scheduler did not see being tracked: counted from their
+        first event (one read of their history each), else from their creation."""
+        for job in jobs:
+            if self.deadlines.wants(job):
+                first = await self.store.history(job.id, limit=1)
+                since = first[0].received_at if first else job.created_at
+                self.deadlines.watch(job, since, time.monotonic())
 
     async def _admit(self, jobs: list[Job], now: float, *, restored: bool) -> None:
         """Start polling the `jobs` whose lease this instance wins; the others wait for the
@@ -170,10 +185,25 @@ class Scheduler:
     async def _observe_all(self, events: list[Event]) -> None:
         now = time.monotonic()
         fresh: dict[str, Job] = {}
+        unplaced: dict[str, Job] = {}
         for event in events:
+            self._deadline(event, now, unplaced)
             self._observe(event, now, fresh)
+        await self._give_deadlines(list(unplaced.values()))
         await self._admit(list(fresh.values()), now, restored=False)
         await self.leases.flush()
+
+    def _deadline(self, event: Event, now: float, unplaced: dict[str, Job]) -> None:
+        """A job's first event starts its deadline; one first seen later (the log was lost
+        meanwhile) goes into `unplaced`, to have its history read."""
+        job = event.job
+        if job.terminal:
+            unplaced.pop(job.id, None)
+            self.deadlines.forget(job.id)
+        elif job.version == 1:
+            self.deadlines.watch(job, event.received_at, now)
+        elif self.deadlines.wants(job):
+            unplaced[job.id] = job
 
     def _observe(self, event: Event, now: float, fresh: dict[str, Job]) -> None:
         """Note one event of the log; jobs new to the scheduler go into `fresh`."""

@@ -36,8 +36,23 @@ class Metrics:
                                  ["provider"], registry=r)
         self.provider_unauthorized = Gauge(
             "relay_provider_unauthorized",
-            "1 while a provider refuses the relay's credentials (401/403) to its polls",
+            "1 while a provider's account cannot call its API (401, 402, 403 to a poll): "
+            "its polling is paused and probed", ["provider"], registry=r)
+        self.deadlines_exceeded = Counter(
+            "relay_job_deadlines_exceeded",
+            "Jobs failed with deadline_exceeded: not terminal max_job_age after tracking",
             ["provider"], registry=r)
+        self.unreadable_entries = Counter(
+            "relay_list_entries_unreadable",
+            "Entries of a story provider's job list relay could not read (each such job is "
+            "read on its own)", ["provider"], registry=r)
+        self.catalog_reads = Counter(
+            "relay_error_catalog_reads",
+            "Reads of a generation provider's error catalog (GET /v2/errors), by outcome",
+            ["provider", "outcome"], registry=r)
+        self.catalog_codes = Gauge("relay_error_catalog_codes",
+                                   "Error codes in the catalog last read from a provider",
+                                   ["provider"], registry=r)
         self.subscribers = Gauge("relay_subscribers",
                                  "Connected subscribers: SSE streams and wait=true long-polls",
                                  registry=r)

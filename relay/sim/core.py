@@ -17,7 +17,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
@@ -37,6 +37,51 @@ Clock = Callable[[], float]
 logger = logging.getLogger(__name__)
 
 HANG_SECONDS = 3600.0
+CHUNK = 64 * 1024
+
+
+class Padding(Response):
+    """A JSON object of `size` bytes, `{"pad": "xxx…"}`, sent in chunks without a
+    Content-Length until the client hangs up; `sent(n)` is told of each chunk the server took
+    (so a test can tell how much a client read before it stopped)."""
+
+    media_type = "application/json"
+
+    def __init__(self, size: int, sent: Callable[[int], None]) -> None:
+        super().__init__()
+        del self.headers["content-length"]
+        self.size = size
+        self.sent = sent
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        gone = asyncio.Event()
+
+        async def listen() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone.set()
+
+        listener = asyncio.create_task(listen())
+        try:
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": self.raw_headers})
+            for chunk in self._chunks():
+                if gone.is_set():
+                    return
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                self.sent(len(chunk))
+            await send({"type": "http.response.body", "body": b""})
+        finally:
+            listener.cancel()
+
+    def _chunks(self) -> Iterator[bytes]:
+        head, tail = b'{"pad": "', b'"}'
+        left = max(0, self.size - len(head) - len(tail))
+        yield head
+        while left > 0:
+            yield b"x" * min(CHUNK, left)
+            left -= min(CHUNK, left)
+        yield tail
 
 
 class SimulatedProvider(abc.ABC):
@@ -57,10 +102,12 @@ class SimulatedProvider(abc.ABC):
         self.faults = FaultQueue(seed)
         self.requests: Counter[str] = Counter()
         self.webhooks: Counter[str] = Counter()
+        self.streamed = 0  # bytes of `oversize` answers sent so far
         self._clock = clock
         self._tick = tick
         self._lock = threading.RLock()
         self._jobs: dict[str, SimJob] = {}
+        self._refusals: dict[str, SimError] = {}
         self._pushing: set[str] = set()
         self._origin = (time.time(), clock())
         self._sender = WebhookSender(webhook_secret, self.webhooks, self.faults, webhook_timeout)
@@ -122,6 +169,17 @@ class SimulatedProvider(abc.ABC):
             self._sync(job, now)
             return job.status
 
+    def refuse(self, job_id: str, status: int, *, code: str | None = None,
+               message: str | None = None, envelope: bool = True) -> None:
+        """From now on the job's status calls answer `status` (e.g. 451, 410) with `code` and
+        `message` in the error envelope (plain text without `envelope`), and lists leave it
+        out. Its timeline goes on (a webhook URL is still called)."""
+        error = SimError(status, message or f"Job {job_id} is refused.", code=code,
+                         envelope=envelope)
+        with self._lock:
+            self._lookup(job_id)
+            self._refusals[job_id] = error
+
     def snapshot(self, job_id: str) -> dict[str, Any]:
         """The job's status object as the API answers it now (KeyError if unknown)."""
         with self._lock:
@@ -138,14 +196,18 @@ class SimulatedProvider(abc.ABC):
 
     # -- for schema subclasses ---------------------------------------------------------------
 
-    def route(self, path: str, name: str, handler: Handler, method: str = "GET") -> Route:
-        """A route counted in `requests[name]`, subject to faults, then to the auth check."""
+    def route(self, path: str, name: str, handler: Handler, method: str = "GET", *,
+              public: bool = False) -> Route:
+        """A route counted in `requests[name]`, subject to faults, then (unless `public`) to
+        the auth check."""
 
         async def endpoint(request: Request) -> Response:
             self.requests[name] += 1
             try:
-                await self._suffer(self.faults.take(name))
-                if not self.authorized(request):
+                answer = await self._suffer(self.faults.take(name))
+                if answer is not None:
+                    return answer
+                if not public and not self.authorized(request):
                     raise SimError(401, "Missing or invalid API key.")
                 return await handler(request)
             except SimError as error:
@@ -159,6 +221,9 @@ class SimulatedProvider(abc.ABC):
         if job is None:
             raise SimError(404, f"Job {job_id} not found.")
         self._sync(job, self._clock())
+        refused = self._refusals.get(job_id)
+        if refused is not None:
+            raise refused
         return job
 
     def view(self, job_id: str) -> dict[str, Any]:
@@ -166,9 +231,10 @@ class SimulatedProvider(abc.ABC):
             return self.render(self.require(job_id))
 
     def newest_first(self) -> list[SimJob]:
-        """Every job, brought up to date, newest first (hold `self._lock`)."""
+        """Every job not refused, brought up to date, newest first (hold `self._lock`)."""
         now = self._clock()
-        jobs = sorted(self._jobs.values(), key=lambda job: job.seq, reverse=True)
+        jobs = sorted((job for job in self._jobs.values() if job.id not in self._refusals),
+                      key=lambda job: job.seq, reverse=True)
         for job in jobs:
             self._sync(job, now)
         return jobs
@@ -195,10 +261,11 @@ class SimulatedProvider(abc.ABC):
     # -- internals ---------------------------------------------------------------------------
 
     def _lookup(self, job_id: str) -> SimJob:
-        try:
-            return self.require(job_id)
-        except SimError:
-            raise KeyError(job_id) from None
+        job = self._jobs.get(job_id)
+        if job is None:
+            raise KeyError(job_id)
+        self._sync(job, self._clock())
+        return job
 
     def _sync(self, job: SimJob, now: float) -> None:
         while job.due(now):
@@ -211,9 +278,10 @@ class SimulatedProvider(abc.ABC):
         if job.terminal:
             self._pushing.discard(job.id)
 
-    async def _suffer(self, fault: Fault | None) -> None:
+    async def _suffer(self, fault: Fault | None) -> Response | None:
+        """Apply a fault: raise its error, or answer in the route's stead (None: go on)."""
         if fault is None:
-            return
+            return None
         if fault.hang and await self._pause(HANG_SECONDS):
             raise SimError(503, "The server is shutting down.")
         if fault.delay and await self._pause(fault.delay):
@@ -221,6 +289,14 @@ class SimulatedProvider(abc.ABC):
         if fault.status is not None:
             raise SimError(fault.status, f"Simulated {fault.status} fault.",
                            retry_after=fault.retry_after)
+        if fault.body is not None:
+            return Response(fault.body, media_type="application/json")
+        if fault.oversize:
+            return Padding(fault.oversize, self._count_streamed)
+        return None
+
+    def _count_streamed(self, size: int) -> None:
+        self.streamed += size
 
     async def _pause(self, seconds: float) -> bool:
         """Sleep up to `seconds`; True if the server began stopping meanwhile."""

@@ -16,6 +16,9 @@ class Fault:
       when given, e.g. 429 or 503);
     - `delay`: answer this many seconds late (then normally, or with `status`);
     - `hang`: hold the request until the server stops (longer than any client timeout);
+    - `body`: answer 200 with these bytes as `application/json` (unreadable ones, say);
+    - `oversize`: answer 200 with a JSON object this many bytes long, streamed without a
+      Content-Length (the provider counts in `streamed` the bytes it got to send);
     - `drop_webhooks`: an int drops the next that many webhook deliveries; a float in (0, 1]
       drops that fraction of deliveries until `FaultQueue.clear()`. Consumes no request.
     """
@@ -24,24 +27,29 @@ class Fault:
     retry_after: float | None = None
     delay: float = 0.0
     hang: bool = False
+    body: bytes | None = None
+    oversize: int = 0
     count: int = 1
     route: str | None = None
     drop_webhooks: int | float = 0
 
     def __post_init__(self) -> None:
-        if self.count < 1 or self.delay < 0 or (self.retry_after or 0) < 0:
-            raise ValueError("Fault count must be >= 1, delay and retry_after >= 0")
+        if self.count < 1 or self.delay < 0 or (self.retry_after or 0) < 0 or self.oversize < 0:
+            raise ValueError("Fault count must be >= 1, delay, retry_after and oversize >= 0")
+        if self.status is not None and (self.body is not None or self.oversize):
+            raise ValueError("a Fault answers a status, or a body, not both")
         if self.status is not None and not 100 <= self.status <= 599:
             raise ValueError(f"Fault status {self.status} is not an HTTP status")
         if self.drop_webhooks < 0 or (isinstance(self.drop_webhooks, float)
                                       and self.drop_webhooks > 1):
             raise ValueError("drop_webhooks is a count, or a fraction in (0, 1]")
         if not (self.affects_requests or self.drop_webhooks):
-            raise ValueError("a Fault needs status, delay, hang or drop_webhooks")
+            raise ValueError("a Fault needs status, delay, hang, body, oversize or drop_webhooks")
 
     @property
     def affects_requests(self) -> bool:
-        return self.status is not None or self.delay > 0 or self.hang
+        return (self.status is not None or self.delay > 0 or self.hang
+                or self.body is not None or self.oversize > 0)
 
 
 class FaultQueue:

@@ -1,7 +1,9 @@
-"""The `generation` schema (seed 001): `x-api-key` auth, long-poll `wait`, signed webhooks."""
+"""The `generation` schema (seed 001): `x-api-key` auth, long-poll `wait`, `include=progress`,
+signed webhooks, and the error catalog at `GET /v2/errors` (unauthenticated)."""
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +22,23 @@ WAIT_MAX = 55.0
 # Answered null until a step sets them.
 OPTIONAL_FIELDS = ("outputUrl", "outputDuration", "outputFileName", "segments",
                    "segmentOutputUrl", "synthesizedAudioUrl", "projectId", "error", "errorCode")
+CATALOG: list[dict[str, Any]] = [
+    {"code": "generation_input_video_inaccessible",
+     "message": "The input video could not be downloaded.",
+     "suggestedFix": "Make the video URL publicly readable, or pass a presigned URL that "
+                     "outlives the generation.",
+     "retryable": False},
+    {"code": "generation_content_rejected",
+     "message": "The input was rejected by moderation.",
+     "suggestedFix": "Review the content policy, change the input and submit it again.",
+     "retryable": False},
+    {"code": "generation_timeout", "message": "The generation took too long.",
+     "suggestedFix": "Try again; split long inputs into shorter segments.", "retryable": True},
+    {"code": "insufficient_credits", "message": "The account has run out of credits.",
+     "suggestedFix": "Add credits to the account, then create the generation again.",
+     "retryable": False},
+]
+"""What `GET /v2/errors` answers by default: `{"errors": [...]}` (set `catalog` to change it)."""
 
 
 def generation_timeline(step: float = 0.1, progress_steps: int = 3, fail: bool = False,
@@ -62,14 +81,23 @@ class GetQuery:
 
 
 class GenerationProvider(SimulatedProvider):
-    """`GET /v2/generate/{id}` (route "get"); pushes each status change to the job's webhook
-    URL, signed with `webhook_secret` (payloads say `error_code` rather than `errorCode`)."""
+    """`GET /v2/generate/{id}` (route "get"; `reads` counts them by kind: "progress", "wait",
+    "plain") and `GET /v2/errors` ("errors", no API key: answers `catalog`). Pushes each status
+    change to the job's webhook URL with its `progress_percent`, signed with `webhook_secret`
+    (payloads say `error_code` rather than `errorCode`). A job created without a webhook URL
+    shows `webhookUrl: null`; one created with another's URL calls that one."""
 
     lifecycle = Lifecycle(waiting=frozenset({"PENDING"}),
                           terminal=frozenset({"COMPLETED", "FAILED", "REJECTED"}))
 
+    def __init__(self, api_key: str, **options: Any) -> None:
+        self.catalog: Any = {"errors": CATALOG}
+        self.reads: Counter[str] = Counter()
+        super().__init__(api_key, **options)
+
     def routes(self) -> list[Route]:
-        return [self.route("/v2/generate/{id}", "get", self._get)]
+        return [self.route("/v2/generate/{id}", "get", self._get),
+                self.route("/v2/errors", "errors", self._errors, public=True)]
 
     def authorized(self, request: Request) -> bool:
         return header_matches(request, "x-api-key", self.api_key)
@@ -94,11 +122,17 @@ class GenerationProvider(SimulatedProvider):
         return body
 
     def webhook_payload(self, job: SimJob) -> dict[str, Any]:
-        return {("error_code" if key == "errorCode" else key): value
-                for key, value in self.render(job).items()}
+        payload = {("error_code" if key == "errorCode" else key): value
+                   for key, value in self.render(job).items()}
+        payload["progress_percent"] = self._progress(job)
+        return payload
+
+    async def _errors(self, request: Request) -> Response:
+        return JSONResponse(self.catalog)
 
     async def _get(self, request: Request) -> Response:
         query = GetQuery.parse(request.query_params)
+        self.reads["wait" if query.wait else "progress" if query.progress else "plain"] += 1
         job_id = request.path_params["id"]
         self.view(job_id)  # an unknown job is a 404 at once, not after the wait
         if query.wait:

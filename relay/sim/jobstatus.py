@@ -27,9 +27,12 @@ FIELD_DEFAULTS: dict[str, Any] = {
 
 
 def jobstatus_timeline(stages: Sequence[str] = STAGES, step: float = 0.1,
-                       fail: bool = False) -> list[Step]:
+                       fail: bool = False, cancelling: bool = False) -> list[Step]:
     """queued, then in_progress through `stages` (one every `step` seconds, progress rising),
-    then completed at 100; with `fail`, failed with an error_message half way."""
+    then completed at 100; with `fail`, failed with an error_message half way; with
+    `cancelling`, a cancel asked for too late: `cancelling` after the stages, then completed."""
+    if fail and cancelling:
+        raise ValueError("a job either fails or is being cancelled, not both")
     done = len(stages) // 2 if fail else len(stages)
     steps = [Step(0.0, "queued", progress=0.0, percent_complete=0.0, progress_stage="queued")]
     for index, stage in enumerate(stages[:done]):
@@ -39,6 +42,9 @@ def jobstatus_timeline(stages: Sequence[str] = STAGES, step: float = 0.1,
     end = step * (done + 1)
     if fail:
         return [*steps, Step(end, "failed", error_message="The writing model timed out.")]
+    if cancelling:
+        steps.append(Step(end, "cancelling", progress_stage="cancelling"))
+        end += step
     return [*steps, Step(end, "completed", progress=100.0, percent_complete=100.0,
                          progress_stage="completed")]
 

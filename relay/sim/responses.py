@@ -10,7 +10,7 @@ import math
 import uuid
 
 from starlette.datastructures import QueryParams
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 CODES = {
     400: "bad_request",
@@ -18,8 +18,11 @@ CODES = {
     402: "payment_required",
     403: "forbidden",
     404: "not_found",
+    408: "request_timeout",
     409: "conflict",
+    410: "gone",
     422: "unprocessable_entity",
+    425: "too_early",
     429: "rate_limited",
     451: "unavailable_for_legal_reasons",
     500: "internal_error",
@@ -32,15 +35,17 @@ FALSE_WORDS = frozenset({"false", "0", "no", ""})
 
 
 class SimError(Exception):
-    """An error a simulated provider answers in the seeds' envelope."""
+    """An error a simulated provider answers in the seeds' envelope (as plain text without
+    `envelope`, the way a proxy in front of a provider might)."""
 
     def __init__(self, status: int, message: str, *, code: str | None = None,
-                 retry_after: float | None = None) -> None:
+                 retry_after: float | None = None, envelope: bool = True) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.code = code or CODES.get(status, "error")
         self.retry_after = retry_after
+        self.envelope = envelope
 
 
 def format_retry_after(seconds: float) -> str:
@@ -48,11 +53,13 @@ def format_retry_after(seconds: float) -> str:
     return f"{seconds:g}"
 
 
-def error_response(error: SimError) -> JSONResponse:
+def error_response(error: SimError) -> Response:
     request_id = f"req_{uuid.uuid4().hex[:20]}"
     headers = {"X-Request-ID": request_id}
     if error.retry_after is not None:
         headers["Retry-After"] = format_retry_after(error.retry_after)
+    if not error.envelope:
+        return PlainTextResponse(error.message, status_code=error.status, headers=headers)
     body = {"error": error.code, "message": error.message, "details": None,
             "request_id": request_id}
     return JSONResponse(body, status_code=error.status, headers=headers)

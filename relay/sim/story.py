@@ -43,10 +43,24 @@ def story_result(scenes: int) -> dict[str, Any]:
 
 
 class StoryProvider(SimulatedProvider):
-    """`GET /v1/generate/story/{id}`, `GET /v1/jobs/{id}` (route "get"), `GET /v1/jobs` ("list")."""
+    """`GET /v1/generate/story/{id}`, `GET /v1/jobs/{id}` (route "get"), `GET /v1/jobs` ("list").
+
+    Lists can be made odd the way real ones are: `garble(job_id, entry)` lists that job as
+    `entry` (any JSON value) instead of its status object, and the values in `junk` are
+    listed first, as the newest entries, counted in `total` like jobs."""
 
     lifecycle = Lifecycle(waiting=frozenset({"pending"}),
                           terminal=frozenset({"completed", "failed"}))
+
+    def __init__(self, api_key: str, **options: Any) -> None:
+        self.junk: list[Any] = []
+        self._garbled: dict[str, Any] = {}
+        super().__init__(api_key, **options)
+
+    def garble(self, job_id: str, entry: Any) -> None:
+        """List the job as `entry` from now on (its own status calls stay as they are)."""
+        with self._lock:
+            self._garbled[job_id] = entry
 
     def routes(self) -> list[Route]:
         return [
@@ -90,7 +104,7 @@ class StoryProvider(SimulatedProvider):
                     LIST_LIMIT_MAX)
         offset = int_param(request.query_params, "offset", 0)
         with self._lock:
-            jobs = self.newest_first()
-            page = [self.render(job) for job in jobs[offset:offset + limit]]
-        return JSONResponse({"generations": page, "total": len(jobs), "limit": limit,
-                             "offset": offset})
+            entries = [*self.junk, *(self._garbled[job.id] if job.id in self._garbled
+                                     else self.render(job) for job in self.newest_first())]
+        return JSONResponse({"generations": entries[offset:offset + limit],
+                             "total": len(entries), "limit": limit, "offset": offset})

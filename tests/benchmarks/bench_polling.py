@@ -7,7 +7,8 @@ Starts simulated providers of the three schemas in a child process and `python -
 at the providers with realistic timelines (1 to 3 s per step, 5 % failing), `--rate` per
 second of each schema, and tracks each through `POST /v1/jobs` as it is created.
 `generation` jobs push signed webhooks to the relay, a fraction of them dropped (`--drop`), so
-reconciliation polls have work to do; `story` and `jobstatus` jobs are polled. It waits until
+reconciliation polls have work to do, and are polled for their progress unless `--progress
+off` (the provider's `progress` key); `story` and `jobstatus` jobs are polled. It waits until
 the relay has every job terminal, then prints, per schema, the provider requests per job (from
 the simulators' counters), the relay's poll outcomes (from its /metrics), and the relay
 process's CPU seconds (utime + stime from /proc) from the first job tracked to the last one
@@ -82,7 +83,8 @@ def serve_commands(conn: Connection, sims: dict[str, Any], seed: int,
         if command == "create":
             conn.send(create_jobs(sims[args[0]], args[0], args[1], args[2], rng))
         elif command == "counts":
-            conn.send({schema: {"requests": dict(sim.requests), "webhooks": dict(sim.webhooks)}
+            conn.send({schema: {"requests": dict(sim.requests), "webhooks": dict(sim.webhooks),
+                                "reads": dict(getattr(sim, "reads", {}))}
                        for schema, sim in sims.items()})
         else:
             loop.call_soon_threadsafe(done.set)
@@ -119,7 +121,9 @@ def write_config(path: Path, urls: dict[str, str], args: argparse.Namespace) -> 
     tables = []
     for schema, name in NAMES.items():
         extra = f'webhook_secret = "{SECRET}"\nwebhook_grace = {args.grace}\n' \
-            if schema == "generation" else ""
+            f'progress = {str(args.progress == "on").lower()}\n' if schema == "generation" else ""
+        if schema == "story" and args.page_size:
+            extra = f"page_size = {args.page_size}\n"
         tables.append(
             f'[providers.{name}]\nschema = "{schema}"\nbase_url = "{urls[schema]}"\n'
             f'api_key = "{KEY}"\npoll_interval = {args.poll_interval}\n'
@@ -242,7 +246,7 @@ def report(args: argparse.Namespace, counts: dict[str, Any], outcomes: dict[str,
     n = args.jobs
     print(f"{n} jobs per schema, {args.rate:g}/s each; poll_interval {args.poll_interval:g} s, "
           f"poll_max_interval {args.max_interval:g} s, webhook_grace {args.grace:g} s, "
-          f"webhooks dropped {args.drop:.0%}")
+          f"webhooks dropped {args.drop:.0%}, generation progress {args.progress}")
     print(f"{'schema':<11} {'requests/job':>12}  by endpoint")
     for schema, name in NAMES.items():
         requests = counts[schema]["requests"]
@@ -250,8 +254,10 @@ def report(args: argparse.Namespace, counts: dict[str, Any], outcomes: dict[str,
         detail = ", ".join(f"{route} {count / n:.2f}" for route, count in sorted(requests.items()))
         extra = ""
         if schema == "generation":
-            hooks = counts[schema]["webhooks"]
-            extra = "; webhooks per job: " + ", ".join(
+            hooks, reads = counts[schema]["webhooks"], counts[schema]["reads"]
+            extra = " (reads: " + ", ".join(
+                f"{kind} {count / n:.2f}" for kind, count in sorted(reads.items())) + ")"
+            extra += "; webhooks per job: " + ", ".join(
                 f"{outcome} {count / n:.2f}" for outcome, count in sorted(hooks.items()))
         print(f"{schema:<11} {total / n:>12.2f}  {detail or '-'}{extra}")
         print(f"{'':<11} {'':>12}  relay poll outcomes: {outcomes.get(name, {})}")
@@ -270,6 +276,10 @@ def main() -> None:
     parser.add_argument("--grace", type=float, default=10.0, help="generation webhook_grace")
     parser.add_argument("--drop", type=float, default=0.05,
                         help="fraction of generation webhooks the provider drops")
+    parser.add_argument("--progress", choices=("on", "off"), default="on",
+                        help="generation providers' `progress` key: poll include=progress")
+    parser.add_argument("--page-size", type=int, default=0,
+                        help="story providers' `page_size` (0: relay's default)")
     parser.add_argument("--timeout", type=float, default=300.0)
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from relay.models import Schema
-from relay.polling.pollers.base import Poller
+from relay.polling.pollers.base import Poller, Services
 from relay.polling.pollers.generation import GenerationPoller
 from relay.polling.pollers.jobstatus import JobStatusPoller
 from relay.polling.pollers.story import StoryPoller
@@ -14,4 +14,4 @@ POLLERS: dict[Schema, type[Poller]] = {
     Schema.JOBSTATUS: JobStatusPoller,
 }
 
-__all__ = ["POLLERS", "Poller"]
+__all__ = ["POLLERS", "Poller", "Services"]

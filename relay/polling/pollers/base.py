@@ -22,7 +22,8 @@ from relay.config import ProviderConfig
 from relay.errors import PayloadError, ProviderError, StoreError
 from relay.ingest.providers import ProviderClient
 from relay.ingest.recorder import Recorder
-from relay.models import Job, Source, State, Update, utcnow
+from relay.models import Job, Source, State, Update
+from relay.polling.answers import Meaning, meaning, outcome, provider_code, refusal
 from relay.polling.schedule import Gate, Pacing, Schedule, Tracked
 from relay.runtime.metrics import Metrics
 from relay.runtime.tasks import cancel_all
@@ -31,7 +32,7 @@ from relay.store import Applied
 logger = logging.getLogger(__name__)
 
 NOT_FOUND_LIMIT = 3
-"""404s in a row before a job fails with `provider_not_found`."""
+"""404s in a row before a job fails (with the provider's code, else `provider_not_found`)."""
 
 Fetch = Callable[[str], Awaitable[Update]]
 
@@ -48,30 +49,32 @@ Pick = Work | float | None
 """What to do now: start `Work`, or wait that many seconds (None: until something changes)."""
 
 
-def outcome(error: ProviderError) -> str:
-    """The `relay_polls` outcome label of a failed call."""
-    status = error.status
-    if status is None:
-        return "unreachable"
-    if status in (429, 503):
-        return "rate_limited"
-    if status in (401, 403):
-        return "unauthorized"
-    if status == 404:
-        return "not_found"
-    return "server_error" if status >= 500 else "client_error"
+@dataclass(frozen=True, slots=True)
+class Services:
+    """What every poller is given besides its provider and client: where updates go, the
+    metrics, the randomness of its jitter, and the relay's public URL (a `generation` job
+    whose webhookUrl is not under it will never call back)."""
+
+    recorder: Recorder
+    metrics: Metrics
+    rng: random.Random
+    public_url: str = ""
+
+
+ACCOUNT_TROUBLE = {402: "payment_required"}
+"""How /readyz names a provider whose account cannot call its API (else "unauthorized")."""
 
 
 class Poller:
     """Polls one provider's jobs with `client.status`, one job per call."""
 
-    def __init__(self, provider: ProviderConfig, client: ProviderClient, recorder: Recorder,
-                 metrics: Metrics, rng: random.Random) -> None:
+    def __init__(self, provider: ProviderConfig, client: ProviderClient,
+                 services: Services) -> None:
         self.provider = provider
         self.client = client
-        self.recorder = recorder
-        self.metrics = metrics
-        self.pacing = Pacing(provider, rng)
+        self.recorder = services.recorder
+        self.metrics = metrics = services.metrics
+        self.pacing = Pacing(provider, services.rng)
         self.gate = Gate(provider)
         self.jobs: dict[str, Tracked] = {}
         self.schedule = Schedule()
@@ -116,10 +119,12 @@ class Poller:
 
     def health(self) -> dict[str, Any]:
         gate = self.gate
-        if gate.unauthorized is not None:
-            return {"polling": "unauthorized", "jobs": len(self.jobs),
-                    "status": gate.unauthorized.status, "since": gate.unauthorized_since,
-                    "message": str(gate.unauthorized)}
+        refused = gate.unauthorized
+        if refused is not None:
+            status = refused.status or 0
+            return {"polling": ACCOUNT_TROUBLE.get(status, "unauthorized"), "jobs": len(self.jobs),
+                    "status": status, "since": gate.unauthorized_since,
+                    "error": provider_code(refused), "message": str(refused)}
         throttled = gate.throttled_until - time.monotonic()
         if throttled > 0:
             return {"polling": "throttled", "jobs": len(self.jobs),
@@ -208,6 +213,9 @@ class Poller:
             self.broken(tracked, exc, "invalid_payload")
             return
         self.accepted()
+        await self.record(tracked, update)
+
+    async def record(self, tracked: Tracked, update: Update) -> None:
         try:
             applied = await self.recorder.record(self.provider, update, Source.POLL)
         except StoreError as exc:
@@ -231,27 +239,53 @@ class Poller:
             self._place(tracked, time.monotonic() + delay)
 
     async def failed(self, tracked: Tracked, error: ProviderError) -> None:
+        """A one-job call failed: CONTRACT section 4's table (relay.polling.answers) says
+        what follows."""
         self.count(outcome(error))
-        if self.provider_failed(error):
+        said = meaning(error)
+        if self.provider_failed(error, said):
             self.settle(tracked, self.until_open())
-        elif error.status == 404:
+        elif said is Meaning.MISSING:
             self.accepted()
             await self._missing(tracked, error)
+        elif said is Meaning.REFUSED:
+            self.accepted()
+            await self.refused(tracked, error)
         else:
-            self._log_failure(tracked, error)
-            self.settle(tracked, self.pacing.after_failure(tracked))
+            self.passing(tracked, error)
 
-    def provider_failed(self, error: ProviderError) -> bool:
-        """Close the gate for a failure of the whole provider (429, 503, 401, 403)."""
+    def provider_failed(self, error: ProviderError, said: Meaning) -> bool:
+        """Close the gate for trouble of the whole provider (429, 503; 401, 402, 403)."""
         now = time.monotonic()
-        if error.status in (429, 503):
+        if said is Meaning.THROTTLED:
             self.gate.throttle(error.retry_after, now)
             return True
-        if error.status in (401, 403):
+        if said is Meaning.ACCOUNT:
             self.gate.deny(error, now)
             self._auth_gauge.set(1)
             return True
         return False
+
+    def passing(self, tracked: Tracked, error: ProviderError) -> None:
+        """Passing trouble: back this job off, no sooner than the Retry-After it was given."""
+        self._log_failure(tracked, error)
+        delay = self.pacing.after_failure(tracked)
+        self.settle(tracked, max(delay, error.retry_after or 0.0))
+
+    async def refused(self, tracked: Tracked, error: ProviderError) -> None:
+        """The provider refuses the job for good: it fails with the provider's reason."""
+        logger.warning("provider %s refuses job %s (%s); it fails", self.provider.name,
+                       tracked.job_id, error)
+        await self.conclude(tracked, self.client.explain(refusal(error)))
+
+    async def conclude(self, tracked: Tracked, error: dict[str, Any]) -> None:
+        try:
+            applied = await self.recorder.conclude(self.provider, tracked.external_id,
+                                                   State.FAILED, error)
+        except StoreError as exc:
+            self.broken(tracked, exc, "store_error")
+            return
+        self.settled(tracked, applied)
 
     def broken(self, tracked: Tracked, error: Exception, label: str) -> None:
         self.count(label)
@@ -275,16 +309,7 @@ class Poller:
             return
         logger.warning("provider %s answered 404 for job %s %d times in a row; it fails",
                        self.provider.name, tracked.job_id, tracked.misses)
-        update = Update(external_id=tracked.external_id, provider_status="not_found",
-                        state=State.FAILED, received_at=utcnow(), error={
-                            "code": "provider_not_found",
-                            "message": f"{self.provider.name} does not know this job: {error}"})
-        try:
-            applied = await self.recorder.record(self.provider, update, Source.POLL)
-        except StoreError as exc:
-            self.broken(tracked, exc, "store_error")
-            return
-        self.settled(tracked, applied)
+        await self.conclude(tracked, self.client.explain(refusal(error)))
 
     def _log_failure(self, tracked: Tracked, error: Exception) -> None:
         # The first failure of a streak is worth a warning; the retries that follow are not.

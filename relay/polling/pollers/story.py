@@ -3,36 +3,46 @@
 from __future__ import annotations
 
 import asyncio
-import random
+import logging
 import time
 from functools import partial
 
 from relay.config import ProviderConfig
 from relay.errors import PayloadError, ProviderError, StoreError
 from relay.ingest.providers import Page, ProviderClient, StoryClient
-from relay.ingest.recorder import Recorder
 from relay.models import Source
-from relay.polling.pollers.base import Pick, Poller, Work, outcome, until
+from relay.normalise.story import Unreadable
+from relay.polling.answers import Meaning, meaning, outcome
+from relay.polling.pollers.base import Pick, Poller, Services, Work, until
 from relay.polling.schedule import Schedule, Tracked
-from relay.runtime.metrics import Metrics
 
-PAGE_SIZE = 100
+logger = logging.getLogger(__name__)
+
+LIST_SLACK = 200
+"""Entries a sweep reads past as many as this relay polls jobs of the provider: room for the
+finished and untracked jobs the list shows among them. In entries, not pages, so a smaller
+`page_size` does not make relay give up on the list sooner."""
 
 
 class StoryPoller(Poller):
-    """Refreshes its jobs with `GET /v1/jobs` pages, newest first, one sweep at a time: when a
-    job is due, every job within half an interval of its due time is wanted, and pages are read
-    until all of them were seen (or the list ends, or there were more pages than this relay's
-    jobs could fill). Every tracked job a page shows is refreshed. A wanted job no page showed
-    is old or hidden: from then on it is read alone (`GET /v1/generate/story/{id}`)."""
+    """Refreshes its jobs with `GET /v1/jobs` pages of `page_size` entries, newest first, one
+    sweep at a time: when a job is due, every job within half an interval of its due time is
+    wanted, and pages are read until all of them were seen (or the list ends, or the pages held
+    `LIST_SLACK` more entries than this relay polls jobs). Every tracked job a page shows is
+    refreshed; each page moves the offset on by all of its entries, readable or not. A wanted
+    job no page showed is old or hidden, and one whose entry relay cannot read is odd: from
+    then on either is read alone (`GET /v1/generate/story/{id}`), so that one bad entry costs
+    only itself. A list the provider refuses (400, 404, 410, 422, 451) leaves the wanted jobs
+    to be read alone too: each job's own answer then decides about it."""
 
     client: StoryClient
 
-    def __init__(self, provider: ProviderConfig, client: ProviderClient, recorder: Recorder,
-                 metrics: Metrics, rng: random.Random) -> None:
-        super().__init__(provider, client, recorder, metrics, rng)
+    def __init__(self, provider: ProviderConfig, client: ProviderClient,
+                 services: Services) -> None:
+        super().__init__(provider, client, services)
         self.direct = Schedule()
         self.sweeping = False
+        self.page_size = provider.page_size
 
     def schedule_of(self, tracked: Tracked) -> Schedule:
         return self.schedule if tracked.listed else self.direct
@@ -86,20 +96,21 @@ class StoryPoller(Poller):
     async def _read_pages(self, remaining: dict[str, Tracked]) -> bool:
         """Pages until every wanted job was seen; False when the gate closed on the way."""
         offset = pages = 0
-        most = len(self.jobs) // PAGE_SIZE + 2
+        most = -(-(len(self.jobs) + LIST_SLACK) // self.page_size)  # pages, rounded up
         while remaining and pages < most:
             if pages and self.gate.delay(time.monotonic()) != 0:
                 return False
-            page = await self.client.page(PAGE_SIZE, offset)
+            page = await self.client.page(self.page_size, offset)
             pages += 1
             await self._take(page, remaining)
-            offset += len(page.updates)
-            if not page.updates or offset >= page.total:
+            offset += page.entries
+            if not page.entries or offset >= page.total:
                 break
         return True
 
     async def _take(self, page: Page, remaining: dict[str, Tracked]) -> None:
         self.accepted()
+        self._set_aside(page.unreadable, remaining)
         known = [(self.jobs[u.external_id], u) for u in page.updates if u.external_id in self.jobs]
         results = await asyncio.gather(
             *(self.recorder.record(self.provider, update, Source.POLL) for _, update in known),
@@ -116,12 +127,41 @@ class StoryPoller(Poller):
             self.settled(tracked, result)
         self.count("changed" if changed else "unchanged")
 
+    def _set_aside(self, unreadable: tuple[Unreadable, ...], remaining: dict[str, Tracked]
+                   ) -> None:
+        """Entries relay cannot read: their jobs are read alone, now and from now on."""
+        if not unreadable:
+            return
+        self.metrics.unreadable_entries.labels(self.provider.name).inc(len(unreadable))
+        logger.warning("provider %s listed %d entries relay cannot read (first: %s); their "
+                       "jobs are read one by one", self.provider.name, len(unreadable),
+                       unreadable[0].problem[:200])
+        for entry in unreadable:
+            tracked = self.jobs.get(entry.external_id or "")
+            if tracked is None:
+                continue
+            wanted = remaining.pop(tracked.external_id, None) is not None
+            if tracked.busy and not wanted:
+                continue  # a poll of its own is in flight and will settle it
+            self.schedule.discard(tracked.external_id)
+            tracked.listed = False
+            self.settle(tracked, 0.0)
+
     def _sweep_failed(self, remaining: dict[str, Tracked], error: ProviderError) -> None:
         self.count(outcome(error))
-        whole = self.provider_failed(error)
+        said = meaning(error, one_job=False)
+        whole = self.provider_failed(error, said)
+        if said is Meaning.REFUSED:
+            self.accepted()
+            logger.warning("provider %s refuses its job list (%s); the %d jobs wanted from it "
+                           "are read one by one", self.provider.name, error, len(remaining))
         for tracked in remaining.values():
             if whole:
                 self.settle(tracked, self.until_open())
+            elif said is Meaning.REFUSED:
+                tracked.listed = False
+                self.settle(tracked, 0.0)
             else:
                 self._log_failure(tracked, error)
-                self.settle(tracked, self.pacing.after_failure(tracked))
+                self.settle(tracked, max(self.pacing.after_failure(tracked),
+                                         error.retry_after or 0.0))
