@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -18,10 +19,17 @@ from relay.store import Applied, Store
 logger = logging.getLogger(__name__)
 
 
+def new_job_id() -> str:
+    """24 hex characters: the time in milliseconds, then 48 random bits. Ids in the order
+    jobs were made keep the store's indexes of them (and of their `job:` topics) appending
+    at one end, instead of writing a page anywhere in them for every new job."""
+    return f"{time.time_ns() // 1_000_000:012x}{secrets.token_hex(6)}"
+
+
 def new_job(provider: ProviderConfig, external_id: str, *, topics: Sequence[str] = (),
             metadata: Mapping[str, Any] | None = None, now: str) -> Job:
     """A freshly tracked job: queued, with its `job:` and `provider:` topics first."""
-    job_id = secrets.token_hex(12)
+    job_id = new_job_id()
     builtin = (f"job:{job_id}", f"provider:{provider.name}")
     return Job(id=job_id, provider=provider.name, schema=provider.schema.value,
                external_id=external_id,

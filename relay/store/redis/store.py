@@ -154,6 +154,8 @@ class RedisStore(Store):
         self._reader: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()  # set, and replaced, when the reader adds events
         self._closing = False
+        # The events this instance wrote, by cursor, until the reader meets them in the log.
+        self._written: dict[str, Event] = {}
 
     @classmethod
     def from_url(cls, url: str) -> RedisStore:
@@ -308,6 +310,7 @@ class RedisStore(Store):
         if answer[0] == "applied":
             assert item.new is not None
             event = Event(answer[1], item.new, write.source, write.received_at)
+            self._written[event.cursor] = event  # the reader need not decode it again
             _answer(item.done, Applied(item.new, event))
         elif answer[0] == "duplicate":
             found = _job_of(answer[1])
@@ -490,7 +493,10 @@ class RedisStore(Store):
                 continue
             failing = False
             if answer:
-                self._tail.extend([_event(c, fields) for c, fields in answer[0][1]])
+                self._tail.extend([self._written.pop(c) if c in self._written else _event(c, fields)
+                                   for c, fields in answer[0][1]])
+                if len(self._written) > MAX_TAIL:  # written while the reader was failing
+                    self._written.clear()
                 changed, self._changed = self._changed, asyncio.Event()
                 changed.set()
 

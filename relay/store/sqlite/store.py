@@ -515,11 +515,16 @@ class _Batch:
         self.outbox.flush()
 
 
+WRITER_CACHE_KIB = 65536
+"""Pages the writer keeps in memory: the indexes a webhook touches stay read."""
+
+
 def _prepare(conn: sqlite3.Connection) -> int:
     """The schema, created where missing, and old dedupe keys pruned; the newest event's seq.
     A write is made whatever there is to do, so a file that cannot be written (read-only,
     its WAL index immutable, a full disk) fails startup rather than the first webhook."""
     conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA cache_size = -{WRITER_CACHE_KIB}")
     conn.executescript(_SCHEMA + OUTBOX_SCHEMA)
     upgrade_outbox(conn)
     conn.execute("DELETE FROM dedupe WHERE seen_at < unixepoch() - ?", (DEDUPE_DAYS * 86400,))
