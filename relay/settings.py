@@ -3,6 +3,9 @@
 `load_settings()` is the only place that reads the environment. Anything wrong raises
 `ConfigError` with one line naming the key, so `relay serve` fails at startup, never at the
 first request. The values it builds are `relay.config`'s.
+
+`KEYS` lists every key for users, with its default and meaning; `keys_markdown()` renders
+them as README.md's configuration tables (and `relay config-keys`'s output).
 """
 
 from __future__ import annotations
@@ -10,7 +13,9 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -233,11 +238,14 @@ def _secrets(table: Mapping[str, Any], key: str) -> tuple[str, ...]:
     return tuple(value)
 
 
+_SUBSCRIPTION_KEYS = {"url", "topics", "secret", "events", "name"}
+
+
 def _subscription(index: int, entry: Any) -> SubscriptionConfig:
     key = f"subscriptions[{index}]"
     if not isinstance(entry, dict):
         raise ConfigError(f"{key}: expected a table")
-    _check_keys(entry, {"url", "topics", "secret", "events", "name"}, key)
+    _check_keys(entry, _SUBSCRIPTION_KEYS, key)
     url = _str(entry, "url", key, "")
     if not url.startswith(("http://", "https://")):
         raise ConfigError(f"{key}.url: expected an http(s) URL")
@@ -313,3 +321,149 @@ def _strings(table: Mapping[str, Any], name: str, prefix: str) -> tuple[str, ...
                    lambda v: isinstance(v, list) and all(isinstance(i, str) for i in v),
                    "a list of strings")
     return tuple(value)
+
+
+# -- every key, as users read it ---------------------------------------------------------------
+# README.md's configuration tables are rendered from KEYS (`relay config-keys` prints them), and
+# tests/test_config_keys.py fails when KEYS and the parser above disagree: a key one accepts
+# and the other does not name, or a default that is not what parse_settings gives.
+
+class _Required(Enum):
+    REQUIRED = "required"
+
+
+REQUIRED = _Required.REQUIRED
+"""The default of a key that must be given: parse_settings refuses the table without it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Key:
+    """One configuration key: where it is, its default, and what it does.
+
+    `default` is what parse_settings gives when the key is left out (REQUIRED when it refuses
+    to); `shown` says it in words where the bare value would mislead. `attribute` names the
+    field it fills when that is not the key's own name; `env` the variables that override it.
+    """
+
+    table: str
+    name: str
+    default: Any
+    meaning: str
+    shown: str | None = None
+    attribute: str | None = None
+    env: tuple[str, ...] = ()
+
+    @property
+    def field(self) -> str:
+        return self.attribute or self.name
+
+
+SERVER = "server"
+PROVIDER = "providers.<name>"
+SUBSCRIPTION = "[[subscriptions]]"
+
+KEYS: tuple[Key, ...] = (
+    Key(SERVER, "host", "127.0.0.1", "the address `relay serve` listens on; anything but "
+        "loopback needs `secret` and `api_keys`", env=("RELAY_HOST",)),
+    Key(SERVER, "port", 8000, "the port it listens on", env=("RELAY_PORT", "PORT")),
+    Key(SERVER, "public_url", "http://127.0.0.1:8000", "the base of the `webhook_url` handed to "
+        "providers and of `events_url`", shown="`http://<host>:<port>`",
+        env=("RELAY_PUBLIC_URL",)),
+    Key(SERVER, "store", "sqlite:///./relay.db", "the event log: `sqlite:///PATH`, "
+        "`redis://HOST:PORT/DB` (options `?prefix=`, `?retention=`), or `memory://` (gone at "
+        "exit)", env=("RELAY_STORE",)),
+    Key(SERVER, "secret", None, "signs subscribe tokens and webhook URL tokens; off loopback "
+        "required, at least 16 characters", shown="on loopback: generated once, kept in the "
+        "store", env=("RELAY_SECRET",)),
+    Key(SERVER, "api_keys", (), "bearer keys for `/v1` (`Authorization: Bearer <key>`; the "
+        "variable is comma-separated); off loopback required, each at least 16 characters",
+        shown="`[]`: the API is open (loopback only)", env=("RELAY_API_KEYS",)),
+    Key(SERVER, "cors_origins", (), "origins (`https://app.example`) whose pages may call the "
+        "API and open event streams"),
+    Key(SERVER, "heartbeat", 15.0, "seconds between the heartbeat comments of an idle event "
+        "stream"),
+    Key(SERVER, "max_body", 1_048_576, "bytes a webhook body may have; a larger one is `413`"),
+    Key(SERVER, "allow_private_targets", False, "let subscriptions post to loopback and "
+        "private addresses"),
+    Key(SERVER, "delivery_max_age", 86400.0, "seconds an outbound delivery is retried before "
+        "it is `failed`"),
+    Key(SERVER, "delivery_retry_scale", 1.0, "multiplies every outbound retry delay (tests "
+        "and demos shorten it)"),
+    Key(SERVER, "max_connections", 10_000, "open connections at once; past it a new one gets "
+        "`503`"),
+    Key(PROVIDER, "schema", REQUIRED, "`story`, `generation` or `jobstatus`: how the provider "
+        "reports its jobs"),
+    Key(PROVIDER, "base_url", None, "the provider's API root, where relay polls",
+        shown="none: never polled, webhooks only"),
+    Key(PROVIDER, "api_key", None, "sent with every call the schema's way: `generation` "
+        "`x-api-key: <key>`, `story` and `jobstatus` `Authorization: Bearer <key>`"),
+    Key(PROVIDER, "webhook_secret", (), "proves its webhooks (`Sync-Signature`, "
+        "`X-Signature-Primary`, or Standard Webhooks with a `whsec_` secret); a list of "
+        "strings during a rotation", attribute="webhook_secrets",
+        shown="none: a webhook proves itself by the signed `/hooks/<name>/<token>` URL"),
+    Key(PROVIDER, "signature_tolerance", 300.0, "seconds a signed timestamp may differ from "
+        "now"),
+    Key(PROVIDER, "poll_interval", 2.0, "seconds to the first poll; while nothing changes the "
+        "interval backs off towards `poll_max_interval`"),
+    Key(PROVIDER, "poll_max_interval", 60.0, "the back-off cap, in seconds",
+        shown="`60.0`, or `poll_interval` if larger"),
+    Key(PROVIDER, "webhook_grace", 120.0, "seconds without a callback before a job whose "
+        "schema pushes webhooks (`generation`) is polled"),
+    Key(PROVIDER, "max_concurrency", 8, "polls in flight to this provider at once"),
+    Key(PROVIDER, "max_job_age", 86400.0, "seconds after tracking starts before a job still not "
+        "terminal becomes `failed` with code `deadline_exceeded`; `0` never"),
+    Key(PROVIDER, "progress", True, "`generation` only: poll `include=progress` while a job "
+        "runs, even while webhooks arrive, so its progress moves; `false` long-polls instead"),
+    Key(PROVIDER, "page_size", 50, "`story` only: the `limit` of each `GET /v1/jobs` list page"),
+    Key(PROVIDER, "auth_header", None, "the header that carries `api_key`",
+        shown="the schema's: `x-api-key` or `Authorization`"),
+    Key(PROVIDER, "auth_scheme", None, "the word before the key in that header; `\"\"` sends "
+        "the bare key", shown="the schema's: `Bearer`, none for `generation`"),
+    Key(SUBSCRIPTION, "url", REQUIRED, "where relay posts each event: an `http(s)` URL; "
+        "loopback and private addresses need `server.allow_private_targets`"),
+    Key(SUBSCRIPTION, "topics", ("*",), "the topics whose jobs it receives; `*` is every job, "
+        "`relay:ops` the operational events"),
+    Key(SUBSCRIPTION, "secret", None, "signs each delivery the Standard Webhooks way: "
+        "`whsec_` and the base64 of 24 to 64 bytes", shown="required"),
+    Key(SUBSCRIPTION, "events", None, "the changes it receives: any of `created`, `state`, "
+        "`progress`, `terminal`", shown="all"),
+    Key(SUBSCRIPTION, "name", None, "its identity (1 to 64 letters, digits, `-`, `_`): with "
+        "one, its url, topics, events and secret may change and its deliveries and health stay",
+        shown="none: identified by its url, topics and events"),
+)
+"""Every configuration key, table by table, in the order the README lists them."""
+
+
+def keys_markdown(keys: Iterable[Key] = KEYS) -> str:
+    """The keys as Markdown: one table per TOML table (README.md, `relay config-keys`)."""
+    by_table: dict[str, list[Key]] = {}
+    for key in keys:
+        by_table.setdefault(key.table, []).append(key)
+    return "\n".join(_key_table(table, rows) for table, rows in by_table.items())
+
+
+def _key_table(table: str, rows: list[Key]) -> str:
+    heading = f"[{table}]" if not table.startswith("[") else table
+    with_env = any(key.env for key in rows)
+    head = ["key", "default", *(["environment"] if with_env else []), "meaning"]
+    lines = [f"`{heading}`", "", _row(head), _row(["---"] * len(head))]
+    for key in rows:
+        env = [", ".join(f"`{name}`" for name in key.env)] if with_env else []
+        lines.append(_row([f"`{key.name}`", key.shown or _shown(key.default), *env, key.meaning]))
+    return "\n".join(lines) + "\n"
+
+
+def _row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def _shown(value: Any) -> str:
+    if value is REQUIRED:
+        return "required"
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"
+    if isinstance(value, tuple):
+        return "`[" + ", ".join(f'"{item}"' for item in value) + "]`"
+    return f"`{value}`"
