@@ -90,12 +90,13 @@ async def test_a_change_that_returns_none_makes_no_event(store):
     assert await store.last_cursor() == cursor
 
 
-async def test_a_repeated_dedupe_key_is_a_duplicate_without_calling_change(store):
-    await put(store, job("a"), dedupe_key="k1")
-    calls = []
-    applied = await store.apply("p", "a", lambda cur: calls.append(cur) or None,
-                                source=Source.WEBHOOK, received_at=NOW, dedupe_key="k1")
-    assert applied.duplicate and applied.event is None and calls == []
+async def test_a_repeated_dedupe_key_is_a_duplicate_that_writes_nothing(store):
+    first = await put(store, job("a"), dedupe_key="k1")
+    applied = await store.apply("p", "a", bump(State.RUNNING), source=Source.WEBHOOK,
+                                received_at=NOW, dedupe_key="k1")
+    assert applied.duplicate and applied.event is None
+    assert await store.find("p", "a") == first.job
+    assert [e.cursor for e in await store.read_since(None)] == [first.event.cursor]
 
 
 async def test_read_since_returns_exactly_the_events_after_a_cursor_in_order(store):

@@ -3,7 +3,8 @@
 Every write is `apply(provider, external_id, change)`: the store reads the current job (or
 None), calls the pure `change` function, and when it returns a new job, commits the job and
 one event in one transaction, then wakes `wait()`ers. A `dedupe_key` seen before makes the call
-a duplicate without calling `change`. Fan-out only reads: `read_since(cursor)` and `wait()`.
+a duplicate that writes nothing (`change` may have run, against a guess: its result is dropped,
+which is why it must be pure). Fan-out only reads: `read_since(cursor)` and `wait()`.
 
 Cursors are opaque strings that order events within one store; pass back only what the store
 gave: one it cannot place raises `UnknownCursor`, one older than it keeps `CursorExpired`.

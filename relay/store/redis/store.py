@@ -2,11 +2,13 @@
 relay instances sharing one Redis.
 
 The event log is a Redis Stream: its entry ids are the cursors, and `XREAD BLOCK` is how the
-hub waits. A write reads the job, runs the caller's pure `change` here, then commits with one
-Lua script that checks the job's version is still the one read (compare-and-set), appends the
-event and updates the job and its indexes atomically. Another instance's write in between makes
-the script answer "conflict", and the apply starts over. The stream is trimmed to about
-`retention` entries; a cursor older than what is kept raises `CursorExpired`.
+hub waits. A write runs the caller's pure `change` here, against the job as this instance last
+wrote or read it (none, for a job it has not met), then commits with one Lua script that checks
+the job's version is still that one (compare-and-set), appends the event and updates the job
+and its indexes atomically. Concurrent writes share one script call. When the belief was wrong
+(another instance wrote the job meanwhile, or it existed already), the script answers
+"conflict" with the job as it is, and the write is run again against that. The stream is
+trimmed to about `retention` entries; a cursor older than what is kept raises `CursorExpired`.
 
 Keys, under the prefix: `events` (stream), `job:<id>` (hash: v version, c cursor, j job,
 s source, r received_at), `key:<provider>:<external_id>` (id), `jobs` (sorted set, tracking
@@ -54,31 +56,15 @@ SCAN_CAP = 20_000
 _CURSOR = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")  # ASCII: \d would take "²" too
 
 # ARGV: prefix, retention, dedupe ttl, then ITEM arguments per write:
-#   dedupe key ('' none), expected version (-1: absent), job json ('' no change), job id,
-#   source, received_at, new version, old state, new state, old topics json, new topics json,
-#   provider, external id, the event's kinds (relay.store.redis.outbox.kinds_arg)
+#   dedupe key ('' none), expected version (-1: absent; ASK: only send the job), job json
+#   ('' no change), job id, source, received_at, new version, old state, new state, old topics
+#   json, new topics json, provider, external id, the event's kinds (outbox.kinds_arg)
 # Each write is checked and applied in order, as its own compare-and-set: a write whose
 # job's version is not the one expected answers {'conflict', current job json or ''}, a seen
 # dedupe key {'duplicate', current job json or ''}. enqueue (ENQUEUE_LUA) adds an applied
 # event's outbound deliveries in the same step.
-# ARGV: prefix, then per write: provider, external id ('' when the job is known already),
-# dedupe key ('' for none). Returns per write: the job's json or '', and 1 when the dedupe key
-# was seen before.
-_READ = """
-local P, found = ARGV[1], {}
-for i = 2, #ARGV, 3 do
-  local body = ''
-  if ARGV[i + 1] ~= '' then
-    local id = redis.call('GET', P .. 'key:' .. ARGV[i] .. ':' .. ARGV[i + 1])
-    if id then body = redis.call('HGET', P .. 'job:' .. id, 'j') or '' end
-  end
-  found[#found + 1] = body
-  found[#found + 1] = ARGV[i + 2] ~= '' and redis.call('EXISTS', P .. 'dedupe:' .. ARGV[i + 2])
-    or 0
-end
-return found
-"""
 ITEM = 14
+ASK = -2  # an expected version that only asks for the job: answered {'conflict', job}
 _APPLY = ENQUEUE_LUA + """
 local P, retention, ttl = ARGV[1], ARGV[2], ARGV[3]
 local function current(id, key_index)
@@ -90,6 +76,7 @@ local function apply(a)
   local dedupe, expected, body, id = a[1], tonumber(a[2]), a[3], a[4]
   local key_index = P .. 'key:' .. a[12] .. ':' .. a[13]
   local job = P .. 'job:' .. id
+  if expected == ASK then return {'conflict', current('', key_index)} end
   if dedupe ~= '' and redis.call('EXISTS', P .. 'dedupe:' .. dedupe) == 1 then
     return {'duplicate', current(expected < 0 and '' or id, key_index)}
   end
@@ -129,7 +116,7 @@ for first = 4, #ARGV, ITEM do
   results[#results + 1] = apply({unpack(ARGV, first, first + ITEM - 1)})
 end
 return results
-""".replace("ITEM", str(ITEM))
+""".replace("ITEM", str(ITEM)).replace("ASK", str(ASK))
 
 
 class RedisStore(Store):
@@ -145,7 +132,6 @@ class RedisStore(Store):
         self.leases = RedisLeases(self.connection)
         self.health = WriteHealth(f"Redis {prefix}")
         self._apply_script = self.redis.register_script(_APPLY)
-        self._read_script = self.redis.register_script(_READ)
         self._writes: asyncio.Queue[tuple[_Write, asyncio.Future[Applied]]] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
         self._known = _JobCache()
@@ -235,14 +221,10 @@ class RedisStore(Store):
                     _answer(done, exc)
 
     async def _write_batch(self, batch: list[tuple[_Write, asyncio.Future[Applied]]]) -> None:
-        seen = await self._learn([write for write, _ in batch])
-        pending = []
-        for write, done in batch:
-            if write.dedupe_key is not None and write.dedupe_key in seen:
-                job = self._known.get((write.provider, write.external_id))
-                _answer(done, Applied(job, None, duplicate=True))  # its change is not run
-            else:
-                pending.append((write, done))
+        # A job this instance has not seen is taken to be new, as it mostly is (a webhook for
+        # a job that is not tracked yet): when it is not, the script's compare-and-set answers
+        # with the job, and the write is tried again against it. No read comes first.
+        pending = batch
         for _ in range(MAX_ATTEMPTS):
             prepared = [item for write, done in pending if not done.done()
                         and (item := self._prepare(write, done)) is not None]
@@ -254,27 +236,6 @@ class RedisStore(Store):
         for _, done in pending:
             _answer(done, StoreError("gave up applying a write: too much contention"))
 
-    async def _learn(self, writes: list[_Write]) -> set[str]:
-        """Read, in one call, the jobs of `writes` this instance does not know yet, and
-        which of their dedupe keys were seen before."""
-        asked = [w for w in writes
-                 if w.dedupe_key is not None or (w.provider, w.external_id) not in self._known]
-        if not asked:
-            return set()
-        args: list[str] = [self.prefix]
-        for w in asked:
-            unknown = (w.provider, w.external_id) not in self._known
-            args += [w.provider, w.external_id if unknown else "", w.dedupe_key or ""]
-        async with translated():
-            answers = await self._read_script(args=args)
-        seen = set()
-        for w, body, duplicate in zip(asked, answers[::2], answers[1::2], strict=True):
-            if (w.provider, w.external_id) not in self._known:
-                self._known.keep((w.provider, w.external_id), _job_of(body))
-            if duplicate:
-                seen.add(str(w.dedupe_key))
-        return seen
-
     def _prepare(self, write: _Write, done: asyncio.Future[Applied]) -> _Prepared | None:
         """The write's script arguments, computed against the job as this instance knows it
         (the script's compare-and-set says when another instance changed it since)."""
@@ -283,8 +244,13 @@ class RedisStore(Store):
         try:
             new = write.change(current)
         except Exception as exc:  # the caller's pure function failed: its own error, not ours
-            _answer(done, exc)
-            return None
+            if key in self._known:
+                _answer(done, exc)
+                return None
+            # It failed on the guess that the job is new: the script is asked for the job.
+            return _Prepared(write, done, None, None, [
+                "", ASK, "", "", "", "", 0, "", "", "[]", "[]", write.provider,
+                write.external_id, ""])
         if new is not None:
             self._known.keep(key, new)  # what later writes of this batch build on
         job = new or current
