@@ -1,4 +1,4 @@
-// relay's browser client (CONTRACT section 9): follow jobs over server-sent events.
+// relay's browser client: follow jobs over server-sent events.
 // An ES module with no dependencies, served at GET /client.js.
 //
 //   import { subscribe } from "https://relay.example.com/client.js";
