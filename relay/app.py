@@ -66,6 +66,8 @@ def create_app(settings: Settings, *, store: Store | None = None,
     cancel = Cancel(providers, store, recorder, clients)
     outbound = Outbound(settings.outbound, store, metrics)  # ConfigError: bad [[subscriptions]]
     retention = Retention(store, server.retention)
+    if server.retention:
+        store.dedupe_window = min(store.dedupe_window, server.retention)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

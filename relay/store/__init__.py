@@ -32,6 +32,9 @@ from relay.models import Event, Job, Source
 from relay.store.leases import Leases
 from relay.store.outbox import Outbox
 
+DEDUPE_WINDOW = 7 * 86400.0
+"""Seconds a dedupe key is remembered, unless the retention is shorter."""
+
 Change = Callable[[Job | None], Job | None]
 """A pure function from the current job (None when untracked) to the new one (None: no change)."""
 
@@ -63,6 +66,9 @@ class Store(abc.ABC):
 
     outbox: Outbox
     leases: Leases
+    dedupe_window: float = DEDUPE_WINDOW
+    """Seconds a dedupe key is remembered; the composition root shortens it to a shorter
+    retention, so that nothing about a finished job outlives that."""
 
     async def open(self) -> None:  # noqa: B027 - a backend with nothing to connect keeps it
         """Connect and create what is missing. Called once before use."""

@@ -56,6 +56,8 @@ class Retention:
 
     async def sweep(self) -> int:
         """Delete every job past retention now, batch by batch, then compact; how many."""
+        if self.keep <= 0:
+            return 0  # keeps everything
         cutoff = self.clock() - self.keep
         deleted = 0
         while (count := await self.store.sweep(cutoff, BATCH)) > 0:

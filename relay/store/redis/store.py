@@ -61,7 +61,6 @@ PAGE = 1000
 MAX_TAIL = 4096
 MAX_CACHED = 4096
 MAX_BLOCK = 5.0  # seconds; below the client's socket timeout, so a blocking read never trips it
-DEDUPE_SECONDS = 7 * 86400
 SCAN_CAP = 20_000
 _CURSOR = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")  # ASCII: \d would take "²" too
 
@@ -367,7 +366,7 @@ class RedisStore(Store):
     async def _run(self, items: list[str | int]) -> list[list[str]]:
         async with translated():
             answers: list[list[str]] = await self._apply_script(
-                args=[self.prefix, self.retention, DEDUPE_SECONDS, *items])
+                args=[self.prefix, self.retention, max(1, int(self.dedupe_window)), *items])
         self.health.succeeded()
         return answers
 

@@ -38,7 +38,7 @@ from typing import Any
 
 from relay.errors import CursorExpired, StoreError, UnknownCursor
 from relay.models import Event, Job, Source
-from relay.store import Applied, Change, JobQuery, Store, finished
+from relay.store import DEDUPE_WINDOW, Applied, Change, JobQuery, Store, finished
 from relay.store.health import WriteHealth
 from relay.store.leases import LocalLeases
 from relay.store.outbox import KEEP_FINISHED
@@ -52,7 +52,6 @@ MAX_CACHED = 4096
 MAX_TAIL = 2048
 _COMPACT = json.JSONEncoder(separators=(",", ":"))  # made once: json.dumps makes one a call
 _CURSOR = re.compile(r"[0-9]{1,19}")  # ASCII digits: str.isdigit() also takes "²"
-DEDUPE_DAYS = 7
 PRUNE_BATCH = 5000
 """Rows one compaction step deletes (old dedupe keys, old finished deliveries)."""
 VACUUM_PAGES = 2048
@@ -332,8 +331,9 @@ class SQLiteStore(Store):
     async def compact(self) -> None:
         """Old dedupe keys and finished deliveries pruned, then the free pages given back, each
         a step at a time on the writer, so webhooks' commits go in between."""
-        for prune in (_PRUNE_DEDUPE, _PRUNE_DELIVERIES):
-            while await self._db.transaction(_prune, prune) == PRUNE_BATCH:
+        for prune, older in ((_PRUNE_DEDUPE, self.dedupe_window),
+                             (_PRUNE_DELIVERIES, KEEP_FINISHED)):
+            while await self._db.transaction(_prune, prune, older) == PRUNE_BATCH:
                 pass
         while await self._db.on_writer(self._vacuum_step):
             pass
@@ -598,7 +598,7 @@ def _prepare(conn: sqlite3.Connection) -> tuple[int, int]:
     conn.executescript(_SCHEMA + OUTBOX_SCHEMA)
     upgrade_outbox(conn)
     _upgrade_jobs(conn)
-    conn.execute("DELETE FROM dedupe WHERE seen_at < unixepoch() - ?", (DEDUPE_DAYS * 86400,))
+    conn.execute("DELETE FROM dedupe WHERE seen_at < unixepoch() - ?", (DEDUPE_WINDOW,))
     _probe(conn)
     row = conn.execute("SELECT max(seq) FROM events").fetchone()
     swept = conn.execute("SELECT value FROM marks WHERE name = 'swept'").fetchone()
@@ -651,14 +651,15 @@ def _delete_jobs(conn: sqlite3.Connection, rows: list[tuple[str, int, str]]) -> 
 
 
 _PRUNE_DEDUPE = ("DELETE FROM dedupe WHERE key IN (SELECT key FROM dedupe"
-                 f" WHERE seen_at < unixepoch() - {DEDUPE_DAYS * 86400} LIMIT {PRUNE_BATCH})")
+                 f" WHERE seen_at < unixepoch() - ? LIMIT {PRUNE_BATCH})")
 _PRUNE_DELIVERIES = ("DELETE FROM deliveries WHERE n IN (SELECT n FROM deliveries"
-                     f" WHERE status != 'pending' AND created_at < unixepoch() - {KEEP_FINISHED}"
+                     " WHERE status != 'pending' AND created_at < unixepoch() - ?"
                      f" LIMIT {PRUNE_BATCH})")
 
 
-def _prune(conn: sqlite3.Connection, sql: str) -> int:
-    return conn.execute(sql).rowcount
+def _prune(conn: sqlite3.Connection, sql: str, older: float) -> int:
+    """One step of a prune: rows older than `older` seconds."""
+    return conn.execute(sql, (older,)).rowcount
 
 
 def _probe(conn: sqlite3.Connection) -> None:
