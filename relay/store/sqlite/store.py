@@ -613,9 +613,9 @@ def _incremental_vacuum(conn: sqlite3.Connection) -> None:
         return
     conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
     if conn.execute("SELECT count(*) FROM sqlite_schema").fetchone()[0]:
-        logger.info("rebuilding the SQLite database once so that retention can give its "
-                    "space back (VACUUM)")
         conn.execute("VACUUM")
+        logger.info("rebuilt the SQLite database once (VACUUM) so that retention can give its "
+                    "space back")
 
 
 def _upgrade_jobs(conn: sqlite3.Connection) -> None:
