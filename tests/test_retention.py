@@ -238,15 +238,3 @@ async def test_an_existing_database_is_upgraded_for_retention_at_open(tmp_path):
     finally:
         await store.close()
 
-
-async def test_an_expired_cursor_stays_expired_after_a_restart(tmp_path):
-    url = f"sqlite:///{tmp_path}/relay.db"
-    async with relay_with_retention(make_settings(url, retention=60)) as (relay, retention):
-        before = (await report(relay, "running", "PROCESSING"))["cursor"]
-        await report(relay, "old")
-        retention.clock = lambda: time.time() + 120
-        assert await retention.sweep() == 1
-    async with relay_with_retention(make_settings(url, retention=60)) as (relay, _), sse(
-            relay.client, "/v1/events?topic=provider:gen", last_event_id=before) as stream:
-        reset = await stream.next()
-        assert reset.event == "relay.reset" and reset.data == {"reason": CURSOR_EXPIRED}
