@@ -6,7 +6,8 @@ them; tests build the real app through here.
       │                     error catalogs ──► provider clients (polls)
       │
       ├──► hub ──► SSE streams, long-polls
-      └──► outbound service ──► downstream consumers
+      ├──► outbound service ──► downstream consumers
+      └──◄ retention (hourly: deletes the jobs finished longer ago than it keeps)
     relay.http: one resource per part of the API, over the services above
 """
 
@@ -41,6 +42,7 @@ from relay.outbound.service import Outbound
 from relay.polling.scheduler import Scheduler
 from relay.runtime.metrics import Metrics
 from relay.store import Store, open_store
+from relay.store.retention import Retention
 from relay.tokens import Tokens
 
 
@@ -63,6 +65,9 @@ def create_app(settings: Settings, *, store: Store | None = None,
     tracking = Tracking(providers, recorder, tokens, server.public_url)
     cancel = Cancel(providers, store, recorder, clients)
     outbound = Outbound(settings.outbound, store, metrics)  # ConfigError: bad [[subscriptions]]
+    retention = Retention(store, server.retention)
+    if server.retention:
+        store.dedupe_window = min(store.dedupe_window, server.retention)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -81,6 +86,8 @@ def create_app(settings: Settings, *, store: Store | None = None,
             running.push_async_callback(catalogs.stop)
             await scheduler.start()
             running.push_async_callback(scheduler.stop)
+            retention.start()
+            running.push_async_callback(retention.stop)
             yield
 
     hooks = Hooks(ingest, server.max_body)
@@ -97,4 +104,5 @@ def create_app(settings: Settings, *, store: Store | None = None,
     app.state.store = store
     app.state.outbound = outbound
     app.state.catalogs = catalogs
+    app.state.retention = retention
     return app

@@ -91,6 +91,7 @@ class ServerConfig:
     delivery_max_age: float = 86400.0
     delivery_retry_scale: float = 1.0
     max_connections: int = 10_000
+    retention: float = 2_592_000.0  # seconds a terminal job is kept after it finished; 0: all
 
     @property
     def loopback(self) -> bool:

@@ -92,7 +92,7 @@ def _variable(name: str, env: Mapping[str, str], key: str) -> str:
 
 _SERVER_KEYS = {"host", "port", "public_url", "store", "secret", "api_keys", "cors_origins",
                 "heartbeat", "max_body", "allow_private_targets", "delivery_max_age",
-                "delivery_retry_scale", "max_connections"}
+                "delivery_retry_scale", "max_connections", "retention"}
 
 
 def _server(table: Mapping[str, Any], env: Mapping[str, str]) -> ServerConfig:
@@ -117,6 +117,7 @@ def _server(table: Mapping[str, Any], env: Mapping[str, str]) -> ServerConfig:
         delivery_retry_scale=_float(values, "delivery_retry_scale", "server", 1.0, low=1e-6,
                                     high=1000),
         max_connections=_int(values, "max_connections", "server", 10_000, low=1),
+        retention=_float(values, "retention", "server", 2_592_000.0, low=0),
     )
     _check_exposure(server)
     return server
@@ -385,6 +386,9 @@ KEYS: tuple[Key, ...] = (
     Key(SERVER, "max_body", 1_048_576, "bytes a webhook body may have; a larger one is `413`"),
     Key(SERVER, "allow_private_targets", False, "let subscriptions post to loopback and "
         "private addresses"),
+    Key(SERVER, "retention", 2_592_000.0, "seconds a terminal job, its events and its "
+        "deliveries are kept after it finished; an hourly sweep deletes older ones; `0` keeps "
+        "all", shown="`2592000` (30 days)"),
     Key(SERVER, "delivery_max_age", 86400.0, "seconds an outbound delivery is retried before "
         "it is `failed`"),
     Key(SERVER, "delivery_retry_scale", 1.0, "multiplies every outbound retry delay (tests "

@@ -8,10 +8,11 @@ import json
 import sqlite3
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 import pytest
 
-from relay.errors import UnknownCursor
+from relay.errors import CursorExpired, UnknownCursor
 from relay.models import Job, Source, State
 from relay.store import JobQuery, Store, open_store
 from relay.store.outbox import (
@@ -205,6 +206,74 @@ async def test_secret_is_generated_once_and_kept(store):
 
 async def test_ping_succeeds_on_an_open_store(store):
     await store.ping()
+
+
+# -- retention ---------------------------------------------------------------------------------
+
+OLD, RECENT = "2026-01-01T00:00:00.000Z", "2026-01-03T00:00:00.000Z"
+CUTOFF = datetime(2026, 1, 2, tzinfo=UTC).timestamp()
+
+
+def finished_job(external_id: str, at: str, *, updated_at: str | None = None,
+                 topics: tuple[str, ...] = ()) -> Job:
+    return job(external_id, state=State.SUCCEEDED, topics=topics).replace(
+        finished_at=at, updated_at=updated_at or at)
+
+
+async def test_sweep_deletes_the_jobs_that_finished_before_the_cutoff_and_all_that_names_them(
+        store):
+    old = await put(store, finished_job("old", OLD, topics=("user:1",)))
+    await put(store, job("running", topics=("user:1",)))
+    await put(store, finished_job("recent", RECENT, topics=("user:1",)))
+    # Tracked after the provider finished it long ago: kept from when relay learned it.
+    await put(store, finished_job("late", OLD, updated_at=RECENT, topics=("user:1",)))
+    assert await store.sweep(CUTOFF, 100) == 1
+    assert await store.get(old.job.id) is None and await store.find("p", "old") is None
+    assert await store.history(old.job.id) == []
+    kept = ["running", "recent", "late"]
+    jobs, total = await store.list_jobs(JobQuery(topic="user:1"))
+    assert sorted(j.external_id for j in jobs) == sorted(kept) and total == 3
+    assert (await store.list_jobs(JobQuery(external_id="old")))[1] == 0
+    assert (await store.list_jobs(JobQuery(state="succeeded")))[1] == 2
+    assert [e.job.external_id for e in await store.latest(["user:1"])] == kept
+    assert [e.job.external_id for e in await store.read_since(None)] == kept
+    assert await store.sweep(CUTOFF, 100) == 0
+    again = await put(store, job("old"))  # the provider's id is free again: a new job
+    assert again.event is not None and again.job.state is State.QUEUED
+
+
+async def test_sweep_deletes_at_most_limit_jobs_the_oldest_first(store):
+    for day in (3, 1, 2):
+        await put(store, finished_job(f"day{day}", f"2026-01-0{day}T00:00:00.000Z"))
+    later = datetime(2026, 1, 5, tzinfo=UTC).timestamp()
+    assert await store.sweep(later, 2) == 2
+    assert [j.external_id for j in (await store.list_jobs(JobQuery()))[0]] == ["day3"]
+    assert await store.sweep(later, 2) == 1
+
+
+async def test_a_cursor_older_than_a_swept_event_is_expired_and_a_newer_one_is_not(store):
+    first = await put(store, job("a"))
+    swept = await put(store, finished_job("old", OLD))
+    last = await put(store, job("b"))
+    await store.sweep(CUTOFF, 100)
+    for topics in (None, ["provider:p"]):
+        with pytest.raises(CursorExpired):
+            await store.read_since(first.event.cursor, topics=topics)
+        found = await store.read_since(swept.event.cursor, topics=topics)
+        assert [e.job.external_id for e in found] == ["b"]
+    assert await store.last_cursor() == last.event.cursor
+    assert [e.job.external_id for e in await store.read_since(None)] == ["a", "b"]
+
+
+async def test_sweep_deletes_the_deliveries_of_the_jobs_it_deletes(store):
+    outbox = await subscribed(store, subscription("all"))
+    await put(store, finished_job("old", OLD))
+    kept = await put(store, job("kept"))
+    await store.sweep(CUTOFF, 100)
+    assert [d.job_id for d in await outbox.deliveries("sub_all")] == [kept.job.id]
+    due = await outbox.due("sub_all", time.time() + 1, 10)
+    assert [d.job_id for d in due.deliveries] == [kept.job.id]
+    assert (await outbox.outbox_stats()).pending == 1
 
 
 # -- the outbox (outbound webhook subscriptions and deliveries) -------------------------------

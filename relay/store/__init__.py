@@ -15,6 +15,9 @@ Every store owns two objects besides its log: `outbox` (relay.store.outbox: the 
 webhook subscriptions and the deliveries written in `apply`'s transaction) and `leases`
 (relay.store.leases: which instance does which piece of shared work; a store that serves one
 process grants everything to it).
+
+Retention (relay.store.retention) deletes finished jobs with `sweep`, a batch at a time; a
+backend that can give the freed space back to the system also implements `Compacting`.
 """
 
 from __future__ import annotations
@@ -22,11 +25,16 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Protocol, runtime_checkable
 
 from relay.errors import StoreError
 from relay.models import Event, Job, Source
 from relay.store.leases import Leases
 from relay.store.outbox import Outbox
+
+DEDUPE_WINDOW = 7 * 86400.0
+"""Seconds a dedupe key is remembered, unless the retention is shorter."""
 
 Change = Callable[[Job | None], Job | None]
 """A pure function from the current job (None when untracked) to the new one (None: no change)."""
@@ -59,6 +67,9 @@ class Store(abc.ABC):
 
     outbox: Outbox
     leases: Leases
+    dedupe_window: float = DEDUPE_WINDOW
+    """Seconds a dedupe key is remembered; the composition root shortens it to a shorter
+    retention, so that nothing about a finished job outlives that."""
 
     async def open(self) -> None:  # noqa: B027 - a backend with nothing to connect keeps it
         """Connect and create what is missing. Called once before use."""
@@ -114,6 +125,42 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def secret(self, name: str, generate: Callable[[], str]) -> str:
         """A value kept in the store: the one stored under `name`, else `generate()` stored."""
+
+    @abc.abstractmethod
+    async def sweep(self, finished_before: float, limit: int) -> int:
+        """Delete up to `limit` terminal jobs whose `finished` moment is before
+        `finished_before` (Unix seconds), oldest first, each with its events, its deliveries
+        and every index entry that names it, in one short step (one transaction, one
+        script); how many it deleted. From then on a cursor older than any deleted event
+        raises CursorExpired: the events after it are no longer all there."""
+
+
+@runtime_checkable
+class Compacting(Protocol):
+    """A store whose deletions leave space it must give back itself (SQLite's free pages)."""
+
+    async def compact(self) -> None:
+        """Give back the space sweeps freed, in short steps that let writes in between."""
+
+
+def finished(job: Job) -> float | None:
+    """When a terminal job finished, in Unix seconds, for retention (None: not terminal).
+    The later of its `finished_at` and its `updated_at`: a job tracked long after it finished
+    (the provider's `finished_at` is old) is still kept for the whole retention."""
+    if not job.terminal:
+        return None
+    moments = [m for m in (_unix(job.finished_at), _unix(job.updated_at)) if m is not None]
+    return max(moments, default=0.0)
+
+
+def _unix(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 
 def open_store(url: str) -> Store:

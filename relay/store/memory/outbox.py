@@ -70,6 +70,18 @@ class MemoryOutbox:
     def _queue(self, delivery: Delivery) -> list[str]:
         return self._queues[delivery.subscription_id].setdefault(delivery.job_id, [])
 
+    def forget_jobs(self, job_ids: Collection[str]) -> None:
+        """Delete every delivery of these jobs (retention swept them away)."""
+        gone = {i for i, d in self._deliveries.items() if d.job_id in job_ids}
+        for delivery_id in gone:
+            del self._deliveries[delivery_id]
+        for subscription_id, listed in self._listed.items():
+            self._listed[subscription_id] = [i for i in listed if i not in gone]
+            queues = self._queues[subscription_id]
+            for job_id in job_ids:
+                queues.pop(job_id, None)
+                self._delivered.pop((subscription_id, job_id), None)
+
     # -- subscriptions --------------------------------------------------------------------
 
     async def save_subscription(self, subscription: Subscription) -> None:

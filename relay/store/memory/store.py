@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
+import itertools
 import re
 from collections.abc import Callable, Collection
 
-from relay.errors import UnknownCursor
+from relay.errors import CursorExpired, UnknownCursor
 from relay.models import Event, Job, Source
-from relay.store import Applied, Change, JobQuery, Store, matches
+from relay.store import Applied, Change, JobQuery, Store, finished, matches
 from relay.store.leases import LocalLeases
 from relay.store.memory.outbox import MemoryOutbox
 
@@ -17,7 +19,8 @@ _CURSOR = re.compile(r"[0-9]{1,19}")  # ASCII digits: str.isdigit() also takes "
 
 
 class MemoryStore(Store):
-    """Cursors are the decimal position of the event in the log."""
+    """Cursors are the decimal number of the event, counted from 1; `_seqs` holds the
+    numbers of the events kept, in order (a sweep leaves gaps)."""
 
     def __init__(self) -> None:
         self._outbox = MemoryOutbox()
@@ -26,6 +29,9 @@ class MemoryStore(Store):
         self._jobs: dict[str, Job] = {}
         self._by_key: dict[tuple[str, str], str] = {}
         self._events: list[Event] = []
+        self._seqs: list[int] = []
+        self._seq = 0  # the newest event's number, kept when a sweep deletes it
+        self._swept = 0  # the newest event a sweep deleted
         self._dedupe: set[str] = set()
         self._secrets: dict[str, str] = {}
         self._changed = asyncio.Event()  # set, and replaced, on each new event
@@ -43,8 +49,10 @@ class MemoryStore(Store):
             self._dedupe.add(dedupe_key)
         if new is None:
             return Applied(current, None)
-        event = Event(str(len(self._events) + 1), new, source, received_at)
+        self._seq += 1
+        event = Event(str(self._seq), new, source, received_at)
         self._events.append(event)
+        self._seqs.append(self._seq)
         self._jobs[new.id] = new
         self._by_key[(provider, external_id)] = new.id
         self._outbox.enqueue(event, current)
@@ -78,8 +86,11 @@ class MemoryStore(Store):
     async def read_since(self, cursor: str | None, *, topics: Collection[str] | None = None,
                          limit: int = 500) -> list[Event]:
         wanted = None if topics is None else frozenset(topics)
+        position = self._position(cursor)
+        if cursor is not None and int(cursor) < self._swept:
+            raise CursorExpired(cursor)
         found = []
-        for event in self._events[self._position(cursor):]:
+        for event in self._events[position:]:
             if wanted is None or not wanted.isdisjoint(event.job.topics):
                 found.append(event)
                 if len(found) == limit:
@@ -87,7 +98,7 @@ class MemoryStore(Store):
         return found
 
     async def last_cursor(self) -> str | None:
-        return str(len(self._events)) if self._events else None
+        return str(self._seq) if self._seq else None
 
     async def wait(self, cursor: str | None, timeout: float) -> None:
         # An Event per change, not Condition.wait_for inside wait_for: on Python 3.11 that
@@ -103,9 +114,26 @@ class MemoryStore(Store):
     async def secret(self, name: str, generate: Callable[[], str]) -> str:
         return self._secrets.setdefault(name, generate())
 
+    async def sweep(self, finished_before: float, limit: int) -> int:
+        expired = sorted((moment, job.id) for job in self._jobs.values()
+                         if (moment := finished(job)) is not None and moment < finished_before)
+        gone = {job_id for _, job_id in expired[:limit]}
+        if not gone:
+            return 0
+        for job_id in gone:
+            job = self._jobs.pop(job_id)
+            del self._by_key[(job.provider, job.external_id)]
+        keep = [event.job.id not in gone for event in self._events]
+        deleted = (seq for seq, kept in zip(self._seqs, keep, strict=True) if not kept)
+        self._swept = max([self._swept, *deleted])
+        self._seqs = list(itertools.compress(self._seqs, keep))
+        self._events = list(itertools.compress(self._events, keep))
+        self._outbox.forget_jobs(gone)
+        return len(gone)
+
     def _position(self, cursor: str | None) -> int:
         if cursor is None:
             return 0
-        if not _CURSOR.fullmatch(cursor) or int(cursor) > len(self._events):
+        if not _CURSOR.fullmatch(cursor) or int(cursor) > self._seq:
             raise UnknownCursor(cursor)
-        return int(cursor)
+        return bisect.bisect_right(self._seqs, int(cursor))

@@ -14,8 +14,9 @@ c cursor, j job, s source, r received_at, st status, ca created, na next, t trie
 by superseded by, why reason), `att:<id>` (list of attempt JSON), `dq:<sub>:<job>` (zset: the
 pending queue, by n), `due:<sub>` (zset: the queues' heads, by next time), `dall:<sub>` (zset:
 every delivery, by n, for listing), `pend:<sub>` (zset: pending ones, by creation time), and
-`hw:<sub>` (hash: job -> n of its newest delivered). Finished deliveries expire after
-KEEP_FINISHED; listing drops the ids whose hash is gone.
+`hw:<sub>` (hash: job -> n of its newest delivered), and `dj:<job>` (set: the job's deliveries,
+for retention, `SWEEP_DELIVERIES_LUA`). Finished deliveries expire after KEEP_FINISHED;
+listing drops the ids whose hash is gone.
 """
 
 from __future__ import annotations
@@ -96,8 +97,30 @@ local function enqueue(P, job_id, cursor, body, source, received, topics_json, k
       redis.call('ZADD', queue, n, id)
       redis.call('ZADD', P .. 'dall:' .. sub, n, id)
       redis.call('ZADD', P .. 'pend:' .. sub, now, id)
+      redis.call('SADD', P .. 'dj:' .. job_id, id)
     end
   end
+end
+"""
+
+# chunked(command, key, items): the command on key with every item, a thousand at a time
+# (Lua's unpack has a limit). drop_deliveries(prefix, job id, subscription ids): every delivery
+# of a job that retention deletes, and its entries in each subscription's sets.
+SWEEP_DELIVERIES_LUA = """
+local function chunked(command, key, items)
+  for first = 1, #items, 1000 do
+    redis.call(command, key, unpack(items, first, math.min(first + 999, #items)))
+  end
+end
+local function drop_deliveries(P, job_id, subs)
+  local ids = redis.call('SMEMBERS', P .. 'dj:' .. job_id)
+  for _, sub in ipairs(subs) do
+    redis.call('DEL', P .. 'dq:' .. sub .. ':' .. job_id)
+    redis.call('HDEL', P .. 'hw:' .. sub, job_id)
+    for _, set in ipairs({'due:', 'pend:', 'dall:'}) do chunked('ZREM', P .. set .. sub, ids) end
+  end
+  for _, id in ipairs(ids) do redis.call('DEL', P .. 'dlv:' .. id, P .. 'att:' .. id) end
+  redis.call('DEL', P .. 'dj:' .. job_id)
 end
 """
 
@@ -258,6 +281,7 @@ for i = 5, #ARGV do
     redis.call('ZADD', queue, n, id)
     redis.call('ZADD', P .. 'dall:' .. sub, n, id)
     redis.call('ZADD', P .. 'pend:' .. sub, ARGV[4], id)
+    redis.call('SADD', P .. 'dj:' .. d[2], id)
     count = count + 1
   end
 end

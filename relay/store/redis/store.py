@@ -14,8 +14,15 @@ Keys, under the prefix: `events` (stream), `job:<id>` (hash: v version, c cursor
 s source, r received_at), `key:<provider>:<external_id>` (id), `jobs` (sorted set, tracking
 order), `seq` (counter), `topic:<topic>` and `state:<state>` (sets of ids), `history:<id>`
 (list of cursors), `dedupe:<key>`, `secret:<name>`,
-`lease:<name>` (its owner, with a TTL), and the outbox's (relay.store.redis_outbox). Keys span
-slots: one Redis, not a cluster.
+`lease:<name>` (its owner, with a TTL), `finished` (sorted set: terminal jobs by when they
+finished, for retention; `finished:indexed` once jobs written before it were added), and the
+outbox's (relay.store.redis_outbox). Keys span slots: one Redis, not a cluster.
+
+Retention: `sweep` deletes a batch of finished jobs per script call: the job, its index
+entries, its events (XDEL by the cursors in `history:<id>`, not a trim by age, which would
+take the early events of jobs still running too) and its deliveries. Redis records the
+newest entry ever deleted from the stream (`max-deleted-entry-id`): a cursor older than it
+is expired. Concurrent sweeps of several instances are safe: each step is one script.
 """
 
 from __future__ import annotations
@@ -36,11 +43,16 @@ from redis.exceptions import RedisError
 from relay.errors import CursorExpired, StoreError, UnknownCursor
 from relay.models import TERMINAL, Event, Job, Source, State
 from relay.runtime.tasks import cancel_all
-from relay.store import Applied, Change, JobQuery, Store
+from relay.store import Applied, Change, JobQuery, Store, finished
 from relay.store.health import WriteHealth
 from relay.store.redis.client import Connection, translated
 from relay.store.redis.leases import RedisLeases
-from relay.store.redis.outbox import ENQUEUE_LUA, RedisOutbox, kinds_arg
+from relay.store.redis.outbox import (
+    ENQUEUE_LUA,
+    SWEEP_DELIVERIES_LUA,
+    RedisOutbox,
+    kinds_arg,
+)
 
 logger = logging.getLogger(__name__)
 _COMPACT = json.JSONEncoder(separators=(",", ":"))
@@ -51,19 +63,19 @@ PAGE = 1000
 MAX_TAIL = 4096
 MAX_CACHED = 4096
 MAX_BLOCK = 5.0  # seconds; below the client's socket timeout, so a blocking read never trips it
-DEDUPE_SECONDS = 7 * 86400
 SCAN_CAP = 20_000
 _CURSOR = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")  # ASCII: \d would take "²" too
 
 # ARGV: prefix, retention, dedupe ttl, then ITEM arguments per write:
 #   dedupe key ('' none), expected version (-1: absent; ASK: only send the job), job json
 #   ('' no change), job id, source, received_at, new version, old state, new state, old topics
-#   json, new topics json, provider, external id, the event's kinds (outbox.kinds_arg)
+#   json, new topics json, provider, external id, the event's kinds (outbox.kinds_arg), when
+#   the job finished ('' while it has not: relay.store.finished)
 # Each write is checked and applied in order, as its own compare-and-set: a write whose
 # job's version is not the one expected answers {'conflict', current job json or ''}, a seen
 # dedupe key {'duplicate', current job json or ''}. enqueue (ENQUEUE_LUA) adds an applied
 # event's outbound deliveries in the same step.
-ITEM = 14
+ITEM = 15
 ASK = -2  # an expected version that only asks for the job: answered {'conflict', job}
 _APPLY = ENQUEUE_LUA + """
 local P, retention, ttl = ARGV[1], ARGV[2], ARGV[3]
@@ -108,6 +120,7 @@ local function apply(a)
       redis.call('SADD', P .. 'topic:' .. topic, id)
     end
   end
+  if a[15] ~= '' then redis.call('ZADD', P .. 'finished', a[15], id) end
   enqueue(P, id, cursor, body, a[5], a[6], a[11], a[14])
   return {'applied', cursor}
 end
@@ -117,6 +130,32 @@ for first = 4, #ARGV, ITEM do
 end
 return results
 """.replace("ITEM", str(ITEM)).replace("ASK", str(ASK))
+
+# ARGV: prefix, finished before (Unix seconds), how many at most. Deletes that many of the
+# jobs that finished first, with everything that names them; answers how many.
+_SWEEP = SWEEP_DELIVERIES_LUA + """
+local P = ARGV[1]
+local ids = redis.call('ZRANGEBYSCORE', P .. 'finished', '-inf', '(' .. ARGV[2], 'LIMIT', 0,
+  tonumber(ARGV[3]))
+local subs = redis.call('HKEYS', P .. 'subs')
+for _, id in ipairs(ids) do
+  local body = redis.call('HGET', P .. 'job:' .. id, 'j')
+  if body then
+    local job = cjson.decode(body)
+    local index = P .. 'key:' .. job.provider .. ':' .. job.external_id
+    if redis.call('GET', index) == id then redis.call('DEL', index) end
+    redis.call('SREM', P .. 'ext:' .. job.external_id, id)
+    redis.call('SREM', P .. 'state:' .. job.state, id)
+    for _, topic in ipairs(job.topics) do redis.call('SREM', P .. 'topic:' .. topic, id) end
+  end
+  chunked('XDEL', P .. 'events', redis.call('LRANGE', P .. 'history:' .. id, 0, -1))
+  drop_deliveries(P, id, subs)
+  redis.call('DEL', P .. 'job:' .. id, P .. 'history:' .. id)
+  redis.call('ZREM', P .. 'jobs', id)
+  redis.call('ZREM', P .. 'finished', id)
+end
+return #ids
+"""
 
 
 class RedisStore(Store):
@@ -132,6 +171,8 @@ class RedisStore(Store):
         self.leases = RedisLeases(self.connection)
         self.health = WriteHealth(f"Redis {prefix}")
         self._apply_script = self.redis.register_script(_APPLY)
+        self._sweep_script = self.redis.register_script(_SWEEP)
+        self._swept = "0-0"  # the newest event this instance's sweeps deleted
         self._writes: asyncio.Queue[tuple[_Write, asyncio.Future[Applied]]] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
         self._known = _JobCache()
@@ -160,6 +201,7 @@ class RedisStore(Store):
 
     async def open(self) -> None:
         await self.ping()  # an unreachable Redis fails startup, not the first request
+        await self._index_finished()
         self._tail.start(await self.last_cursor() or "0-0")
         self._writer = asyncio.create_task(self._write_loop(), name="redis-writer")
         self._reader = asyncio.create_task(self._read_loop(), name="redis-log-reader")
@@ -250,7 +292,7 @@ class RedisStore(Store):
             # It failed on the guess that the job is new: the script is asked for the job.
             return _Prepared(write, done, None, None, [
                 "", ASK, "", "", "", "", 0, "", "", "[]", "[]", write.provider,
-                write.external_id, ""])
+                write.external_id, "", ""])
         if new is not None:
             self._known.keep(key, new)  # what later writes of this batch build on
         job = new or current
@@ -263,7 +305,7 @@ class RedisStore(Store):
             new.state.value if new is not None else "",
             json.dumps(list(current.topics)) if current is not None else "[]",
             json.dumps(list(new.topics)) if new is not None else "[]",
-            write.provider, write.external_id, kinds_arg(current, new)]
+            write.provider, write.external_id, kinds_arg(current, new), _finished_arg(new)]
         return _Prepared(write, done, current, new, args)
 
     def _settle(self, item: _Prepared, answer: list[str]) -> bool:
@@ -290,7 +332,7 @@ class RedisStore(Store):
     async def _run(self, items: list[str | int]) -> list[list[str]]:
         async with translated():
             answers: list[list[str]] = await self._apply_script(
-                args=[self.prefix, self.retention, DEDUPE_SECONDS, *items])
+                args=[self.prefix, self.retention, max(1, int(self.dedupe_window)), *items])
         self.health.succeeded()
         return answers
 
@@ -299,6 +341,34 @@ class RedisStore(Store):
             key = self._key("secret", name)
             await self.redis.set(key, generate(), nx=True)
             return str(await self.redis.get(key))
+
+    # -- retention ------------------------------------------------------------------------
+
+    async def sweep(self, finished_before: float, limit: int) -> int:
+        async with translated():
+            deleted = int(await self._sweep_script(args=[self.prefix, repr(finished_before),
+                                                         limit]))
+            if deleted:
+                info = await self._stream_info()
+                if info is not None:
+                    self._swept = info.get("max-deleted-entry-id") or self._swept
+        return deleted
+
+    async def _index_finished(self) -> None:
+        """Terminal jobs written before `finished` was kept are added to it, once."""
+        done = self._key("finished", "indexed")
+        async with translated():
+            if await self.redis.exists(done):
+                return
+            for state in TERMINAL:
+                ids = [job_id async for job_id in self.redis.sscan_iter(
+                    self._key("state", state.value), count=1000)]
+                for start in range(0, len(ids), 1000):
+                    jobs = await self._jobs(ids[start:start + 1000])
+                    moments = {job.id: finished(job) or 0.0 for job in jobs}
+                    if moments:
+                        await self.redis.zadd(self._key("finished"), moments)
+            await self.redis.set(done, "1")
 
     # -- reads ----------------------------------------------------------------------------
 
@@ -375,7 +445,8 @@ class RedisStore(Store):
 
     async def read_since(self, cursor: str | None, *, topics: Collection[str] | None = None,
                          limit: int = 500) -> list[Event]:
-        if topics is None and cursor is not None and self._reader is not None:
+        if (topics is None and cursor is not None and self._reader is not None
+                and not self._swept_after(cursor)):
             recent = self._tail.since(cursor, limit)
             if recent is not None:
                 return recent  # followers of the log: no call to Redis at all
@@ -410,9 +481,14 @@ class RedisStore(Store):
         info = await self._stream_info()
         if info is None or _order(cursor) > _order(info["last-generated-id"]):
             raise UnknownCursor(cursor)
-        if _trimmed_after(cursor, info):
+        if _trimmed_after(cursor, info) or _order(cursor) < _order(
+                info.get("max-deleted-entry-id") or "0-0"):
             raise CursorExpired(cursor)
         return cursor
+
+    def _swept_after(self, cursor: str) -> bool:
+        """Whether this instance's sweeps deleted an event after `cursor`."""
+        return bool(_CURSOR.fullmatch(cursor)) and _order(cursor) < _order(self._swept)
 
     async def _stream_info(self) -> dict[str, Any] | None:
         try:
@@ -562,6 +638,11 @@ def _answer(done: asyncio.Future[Applied], result: Applied | BaseException) -> N
         done.set_exception(result)
     else:
         done.set_result(result)
+
+
+def _finished_arg(job: Job | None) -> str:
+    moment = None if job is None else finished(job)
+    return "" if moment is None else repr(moment)
 
 
 def _job_of(body: str) -> Job | None:

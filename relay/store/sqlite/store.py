@@ -15,6 +15,12 @@ when another connection has written, and then it is forgotten.
 
 Cursors are the event's `seq`, in decimal. The writer assigns them itself (consecutively,
 under the write lock), so a batch's events are numbered before they are written.
+
+Retention: `sweep` deletes finished jobs (`jobs.finished`, Unix seconds, indexed) a batch per
+transaction, and remembers the newest event it deleted (`marks.swept`): a cursor older than
+that raises CursorExpired. The file is in `auto_vacuum=INCREMENTAL` mode (a database made
+before is vacuumed into it once, at open), so `compact` can hand the freed pages back to the
+file system a few thousand at a time.
 """
 
 from __future__ import annotations
@@ -30,11 +36,12 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
-from relay.errors import StoreError, UnknownCursor
+from relay.errors import CursorExpired, StoreError, UnknownCursor
 from relay.models import Event, Job, Source
-from relay.store import Applied, Change, JobQuery, Store
+from relay.store import DEDUPE_WINDOW, Applied, Change, JobQuery, Store, finished
 from relay.store.health import WriteHealth
 from relay.store.leases import LocalLeases
+from relay.store.outbox import KEEP_FINISHED
 from relay.store.sqlite.database import Database
 from relay.store.sqlite.outbox import OUTBOX_SCHEMA, Enqueuer, SQLiteOutbox, upgrade_outbox
 
@@ -45,7 +52,12 @@ MAX_CACHED = 4096
 MAX_TAIL = 2048
 _COMPACT = json.JSONEncoder(separators=(",", ":"))  # made once: json.dumps makes one a call
 _CURSOR = re.compile(r"[0-9]{1,19}")  # ASCII digits: str.isdigit() also takes "²"
-DEDUPE_DAYS = 7
+PRUNE_BATCH = 5000
+"""Rows one compaction step deletes (old dedupe keys, old finished deliveries)."""
+VACUUM_PAGES = 2048
+"""Free pages one compaction step gives back: 8 MiB of 4 KiB pages."""
+JOURNAL_LIMIT = 64 * 1024 * 1024
+"""Bytes the WAL file is cut back to after a checkpoint (a sweep can make it grow)."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -57,6 +69,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     terminal INTEGER NOT NULL,
     seq INTEGER NOT NULL,
     job TEXT NOT NULL,
+    finished REAL,
     UNIQUE (provider, external_id)
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state);
@@ -86,6 +99,10 @@ CREATE TABLE IF NOT EXISTS secrets (
     name TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS marks (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
 """
 
 
@@ -114,6 +131,7 @@ class SQLiteStore(Store):
         self._last_seq = 0  # the newest committed event, as the event loop knows it
         self._max_seq = 0  # the newest event a reader may see: _last_seq, or one committing
         self._changed = asyncio.Event()  # set, and replaced, after each commit
+        self._swept = 0  # the newest event a sweep deleted: cursors before it are expired
         self._tail = _Tail()
         self._jobs = _JobCache()
         self._data_version: int | None = None
@@ -131,7 +149,8 @@ class SQLiteStore(Store):
     # -- lifecycle ------------------------------------------------------------------------
 
     async def open(self) -> None:
-        self._last_seq = self._max_seq = await self._db.open(_prepare)
+        self._last_seq, self._swept = await self._db.open(_prepare)
+        self._max_seq = self._last_seq
         self._write_task = asyncio.create_task(self._write_loop(), name="sqlite-writer")
 
     async def close(self) -> None:
@@ -285,6 +304,51 @@ class SQLiteStore(Store):
 
         return await self._db.on_writer(lambda: keep(self._db.writer))
 
+    # -- retention ------------------------------------------------------------------------
+
+    async def sweep(self, finished_before: float, limit: int) -> int:
+        return await self._db.on_writer(self._sweep, finished_before, limit)
+
+    def _sweep(self, finished_before: float, limit: int) -> int:
+        conn = self._db.writer
+        swept = self._swept
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            rows = conn.execute("SELECT id, seq, job FROM jobs WHERE finished < ?"
+                                " ORDER BY finished LIMIT ?", (finished_before, limit)).fetchall()
+            if rows:
+                # Raised before COMMIT, as the last cursor is: a reader that sees the rows
+                # gone must already find its older cursor expired.
+                self._swept = max(swept, _delete_jobs(conn, rows))
+            conn.execute("COMMIT")
+        except BaseException:
+            self._swept = swept
+            self._abandon(conn)
+            raise
+        self._jobs.clear()  # it may remember jobs that are gone now
+        return len(rows)
+
+    async def compact(self) -> None:
+        """Old dedupe keys and finished deliveries pruned, then the free pages given back, each
+        a step at a time on the writer, so webhooks' commits go in between."""
+        for prune, older in ((_PRUNE_DEDUPE, self.dedupe_window),
+                             (_PRUNE_DELIVERIES, KEEP_FINISHED)):
+            while await self._db.transaction(_prune, prune, older) == PRUNE_BATCH:
+                pass
+        while await self._db.on_writer(self._vacuum_step):
+            pass
+        await self._db.on_writer(lambda: self._db.writer.execute(
+            "PRAGMA wal_checkpoint(PASSIVE)").fetchall())
+
+    def _vacuum_step(self) -> bool:
+        """Give back up to VACUUM_PAGES free pages; whether there may be more to give."""
+        conn = self._db.writer
+        before = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
+        # Each row the pragma steps through frees a page: read them all.
+        conn.execute(f"PRAGMA incremental_vacuum({VACUUM_PAGES})").fetchall()
+        after = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
+        return 0 < after < before
+
     # -- reads ----------------------------------------------------------------------------
 
     async def get(self, job_id: str) -> Job | None:
@@ -328,7 +392,9 @@ class SQLiteStore(Store):
     async def read_since(self, cursor: str | None, *, topics: Collection[str] | None = None,
                          limit: int = 500) -> list[Event]:
         after = self._seq(cursor)
-        if topics is None:
+        if after < self._swept and cursor is not None:
+            raise CursorExpired(cursor)
+        if topics is None and after >= self._swept:  # the tail may hold events swept since
             recent = self._tail.since(after, limit)
             if recent is not None:
                 return recent
@@ -446,7 +512,7 @@ class _Batch:
         self.jobs: dict[_Key, Job | None] = {}
         self.dedupe: set[str] = set()
         self.events: list[tuple[int, str, str, str, str]] = []
-        self.rows: list[tuple[str, str, str, str, bool, int, str]] = []
+        self.rows: list[tuple[str, str, str, str, bool, int, str, float | None]] = []
         self.topics_gone: list[tuple[str, str]] = []
         self.topics_new: list[tuple[str, str]] = []
         self.new_events: list[Event] = []
@@ -488,7 +554,7 @@ class _Batch:
         body = _COMPACT.encode(new.to_dict())
         self.events.append((self.seq, new.id, write.source.value, write.received_at, body))
         self.rows.append((new.id, new.provider, new.external_id, new.state.value, new.terminal,
-                          self.seq, body))
+                          self.seq, body, finished(new)))
         old = current.topics if current is not None else ()
         if old != new.topics:
             self.topics_gone += [(topic, new.id) for topic in old if topic not in new.topics]
@@ -503,9 +569,10 @@ class _Batch:
         conn.executemany("INSERT INTO events (seq, job_id, source, received_at, job)"
                          " VALUES (?, ?, ?, ?, ?)", self.events)
         conn.executemany(
-            "INSERT INTO jobs (id, provider, external_id, state, terminal, seq, job)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET state = excluded.state,"
-            " terminal = excluded.terminal, seq = excluded.seq, job = excluded.job", self.rows)
+            "INSERT INTO jobs (id, provider, external_id, state, terminal, seq, job, finished)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET"
+            " state = excluded.state, terminal = excluded.terminal, seq = excluded.seq,"
+            " job = excluded.job, finished = excluded.finished", self.rows)
         # By primary key (topic, job_id): a DELETE by job_id alone would scan the whole table.
         conn.executemany("DELETE FROM job_topics WHERE topic = ? AND job_id = ?",
                          self.topics_gone)
@@ -519,18 +586,80 @@ WRITER_CACHE_KIB = 65536
 """Pages the writer keeps in memory: the indexes a webhook touches stay read."""
 
 
-def _prepare(conn: sqlite3.Connection) -> int:
-    """The schema, created where missing, and old dedupe keys pruned; the newest event's seq.
-    A write is made whatever there is to do, so a file that cannot be written (read-only,
-    its WAL index immutable, a full disk) fails startup rather than the first webhook."""
+def _prepare(conn: sqlite3.Connection) -> tuple[int, int]:
+    """The schema, created where missing, and old dedupe keys pruned; the newest event's seq
+    and the newest a sweep deleted. A write is made whatever there is to do, so a file that
+    cannot be written (read-only, its WAL index immutable, a full disk) fails startup rather
+    than the first webhook."""
+    _incremental_vacuum(conn)
     conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA journal_size_limit = {JOURNAL_LIMIT}")
     conn.execute(f"PRAGMA cache_size = -{WRITER_CACHE_KIB}")
     conn.executescript(_SCHEMA + OUTBOX_SCHEMA)
     upgrade_outbox(conn)
-    conn.execute("DELETE FROM dedupe WHERE seen_at < unixepoch() - ?", (DEDUPE_DAYS * 86400,))
+    _upgrade_jobs(conn)
+    conn.execute("DELETE FROM dedupe WHERE seen_at < unixepoch() - ?", (DEDUPE_WINDOW,))
     _probe(conn)
     row = conn.execute("SELECT max(seq) FROM events").fetchone()
-    return int(row[0] or 0)
+    swept = conn.execute("SELECT value FROM marks WHERE name = 'swept'").fetchone()
+    return int(row[0] or 0), int(swept[0]) if swept else 0
+
+
+def _incremental_vacuum(conn: sqlite3.Connection) -> None:
+    """The file in `auto_vacuum=INCREMENTAL` mode, which only a file with no tables yet can
+    be switched to: before WAL mode writes the header, a new one is; one made before is
+    rebuilt into it once (VACUUM: it is written whole again, once)."""
+    if conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2:
+        return
+    conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+    if conn.execute("SELECT count(*) FROM sqlite_schema").fetchone()[0]:
+        conn.execute("VACUUM")
+        logger.info("rebuilt the SQLite database once (VACUUM) so that retention can give its "
+                    "space back")
+
+
+def _upgrade_jobs(conn: sqlite3.Connection) -> None:
+    """`jobs.finished` (retention's clock), added to a database made before it and filled in
+    for its terminal jobs, and its index."""
+    if "finished" not in {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("ALTER TABLE jobs ADD COLUMN finished REAL")
+        rows = conn.execute("SELECT n, job FROM jobs WHERE terminal = 1").fetchall()
+        conn.executemany("UPDATE jobs SET finished = ? WHERE n = ?",
+                         [(finished(_job(body)), n) for n, body in rows])
+        conn.execute("COMMIT")
+    conn.execute("CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished)"
+                 " WHERE finished IS NOT NULL")
+
+
+def _delete_jobs(conn: sqlite3.Connection, rows: list[tuple[str, int, str]]) -> int:
+    """Delete these jobs (rows of id, seq, job) with their events, topics and deliveries;
+    the newest event deleted, also kept in `marks` for the next start."""
+    ids = [(job_id,) for job_id, _, _ in rows]
+    topics = [(topic, job_id) for job_id, _, body in rows for topic in json.loads(body)["topics"]]
+    subscriptions = [row[0] for row in conn.execute("SELECT id FROM subscriptions")]
+    conn.executemany("DELETE FROM events WHERE job_id = ?", ids)
+    # By (subscription_id, job_id), which the deliveries_job index leads with.
+    conn.executemany("DELETE FROM deliveries WHERE subscription_id = ? AND job_id = ?",
+                     [(sub, job_id) for sub in subscriptions for (job_id,) in ids])
+    conn.executemany("DELETE FROM job_topics WHERE topic = ? AND job_id = ?", topics)
+    conn.executemany("DELETE FROM jobs WHERE id = ?", ids)
+    newest = max(seq for _, seq, _ in rows)  # a job's seq is its newest event's
+    conn.execute("INSERT INTO marks VALUES ('swept', ?) ON CONFLICT (name)"
+                 " DO UPDATE SET value = max(value, excluded.value)", (newest,))
+    return newest
+
+
+_PRUNE_DEDUPE = ("DELETE FROM dedupe WHERE key IN (SELECT key FROM dedupe"
+                 f" WHERE seen_at < unixepoch() - ? LIMIT {PRUNE_BATCH})")
+_PRUNE_DELIVERIES = ("DELETE FROM deliveries WHERE n IN (SELECT n FROM deliveries"
+                     " WHERE status != 'pending' AND created_at < unixepoch() - ?"
+                     f" LIMIT {PRUNE_BATCH})")
+
+
+def _prune(conn: sqlite3.Connection, sql: str, older: float) -> int:
+    """One step of a prune: rows older than `older` seconds."""
+    return conn.execute(sql, (older,)).rowcount
 
 
 def _probe(conn: sqlite3.Connection) -> None:
