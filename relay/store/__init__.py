@@ -6,7 +6,8 @@ one event in one transaction, then wakes `wait()`ers. A `dedupe_key` seen before
 a duplicate without calling `change`. Fan-out only reads: `read_since(cursor)` and `wait()`.
 
 Cursors are opaque strings that order events within one store; pass back only what the store
-gave: one it cannot place raises `UnknownCursor`, one older than it keeps `CursorExpired`.
+gave: one it cannot place raises `UnknownCursor` (also one given by an earlier incarnation of
+the store: relay.store.cursors), one older than it keeps `CursorExpired`.
 `follow(store, cursor)` (relay.store.follow) is how a component reads the log as it grows.
 `open_store(url)` picks the backend by URL scheme and imports it lazily.
 
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 
 from relay.errors import StoreError
 from relay.models import Event, Job, Source
+from relay.store.cursors import Cursors
 from relay.store.leases import Leases
 from relay.store.outbox import Outbox
 
@@ -58,6 +60,7 @@ class Store(abc.ABC):
 
     outbox: Outbox
     leases: Leases
+    cursors: Cursors  # how the backend's positions become cursors, with the store's epoch
 
     async def open(self) -> None:  # noqa: B027 - a backend with nothing to connect keeps it
         """Connect and create what is missing. Called once before use."""

@@ -4,20 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 from collections.abc import Callable, Collection
 
 from relay.errors import UnknownCursor
 from relay.models import Event, Job, Source
 from relay.store import Applied, Change, JobQuery, Store, matches
+from relay.store.cursors import EPOCH, Cursors, new_epoch
 from relay.store.leases import LocalLeases
 from relay.store.memory.outbox import MemoryOutbox
 
-_CURSOR = re.compile(r"[0-9]{1,19}")  # ASCII digits: str.isdigit() also takes "²"
-
 
 class MemoryStore(Store):
-    """Cursors are the decimal position of the event in the log."""
+    """Positions are the event's number in the log; the epoch is this instance's."""
 
     def __init__(self) -> None:
         self._outbox = MemoryOutbox()
@@ -28,6 +26,7 @@ class MemoryStore(Store):
         self._events: list[Event] = []
         self._dedupe: set[str] = set()
         self._secrets: dict[str, str] = {}
+        self.cursors = Cursors(self._secrets.setdefault(EPOCH, new_epoch()))
         self._changed = asyncio.Event()  # set, and replaced, on each new event
 
     async def ping(self) -> None:
@@ -43,7 +42,7 @@ class MemoryStore(Store):
             self._dedupe.add(dedupe_key)
         if new is None:
             return Applied(current, None)
-        event = Event(str(len(self._events) + 1), new, source, received_at)
+        event = Event(self.cursors.cursor(len(self._events) + 1), new, source, received_at)
         self._events.append(event)
         self._jobs[new.id] = new
         self._by_key[(provider, external_id)] = new.id
@@ -65,12 +64,12 @@ class MemoryStore(Store):
 
     async def latest(self, topics: Collection[str], limit: int = 100) -> list[Event]:
         wanted = frozenset(topics)
-        newest: dict[str, Event] = {}
-        for event in self._events:
+        newest: dict[str, int] = {}  # a job's newest event, by its index in the log
+        for index, event in enumerate(self._events):
             if not wanted.isdisjoint(event.job.topics):
-                newest[event.job.id] = event
+                newest[event.job.id] = index
         tracked = [job_id for job_id in reversed(self._jobs) if job_id in newest][:limit]
-        return sorted((newest[job_id] for job_id in tracked), key=lambda e: int(e.cursor))
+        return [self._events[index] for index in sorted(newest[job_id] for job_id in tracked)]
 
     async def history(self, job_id: str, limit: int = 1000) -> list[Event]:
         return [event for event in self._events if event.job.id == job_id][:limit]
@@ -87,7 +86,7 @@ class MemoryStore(Store):
         return found
 
     async def last_cursor(self) -> str | None:
-        return str(len(self._events)) if self._events else None
+        return self.cursors.cursor(len(self._events)) if self._events else None
 
     async def wait(self, cursor: str | None, timeout: float) -> None:
         # An Event per change, not Condition.wait_for inside wait_for: on Python 3.11 that
@@ -106,6 +105,7 @@ class MemoryStore(Store):
     def _position(self, cursor: str | None) -> int:
         if cursor is None:
             return 0
-        if not _CURSOR.fullmatch(cursor) or int(cursor) > len(self._events):
+        position = self.cursors.number(cursor)
+        if position > len(self._events):
             raise UnknownCursor(cursor)
-        return int(cursor)
+        return position
