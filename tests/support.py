@@ -192,6 +192,20 @@ def redis_url(**options: str) -> str:
     return f"{REDIS}?{query}"
 
 
+def wipe_redis(url: str) -> None:
+    """Delete every key under the prefix of a `redis_url()`: the store as a flush leaves it."""
+    import redis
+
+    prefix = url.split("prefix=", 1)[1].split("&", 1)[0]
+    client = redis.Redis.from_url(REDIS)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -129,8 +129,8 @@ def test_relay_reset_after_the_store_was_reset_then_the_current_state(tmp_path, 
             webhook(relay.url, "before", "PROCESSING", percent)
         wait_until(page, lambda: len(jobs(page)) == 4, what="four events")
         relay.kill()
-        # A memory store starts empty, and its cursors count events: the browser's "4" is
-        # past the end of the new log, which the relay answers with relay.reset.
+        # A memory store starts empty, with a new cursor epoch: the browser's cursor names
+        # no event of the new log, which the relay answers with relay.reset.
         relay.start()
         track(relay, "after")
         wait_until(page, lambda: ["reset", "unknown_cursor"] in log(page), timeout=30,

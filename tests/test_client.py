@@ -219,8 +219,8 @@ async def test_follow_applies_relay_reset_after_the_store_was_reset(tmp_path):
                                                 "progress_percent": percent})
                     assert (await anext(stream))["progress"] == percent / 100
                 process.kill()
-                # A memory store starts empty. Its cursors count events, so the follower's
-                # "4" is past the end of the new log (which has one event): unplaceable.
+                # A memory store starts empty, with a new cursor epoch: the follower's
+                # cursor names no event of the new log: unplaceable.
                 process.start()
                 second = (await client.track("gen", "after"))["job"]["id"]
                 snapshot = await asyncio.wait_for(anext(stream), 15)

@@ -541,7 +541,8 @@ async def test_a_202_is_already_in_the_database_file(tmp_path):
         cursor = response.json()["cursor"]
         # Another connection, as another process would see the file: the event is there.
         with contextlib.closing(sqlite3.connect(database)) as other:
-            row = other.execute("SELECT job FROM events WHERE seq = ?", (int(cursor),)).fetchone()
+            seq = relay.store.cursors.number(cursor)
+            row = other.execute("SELECT job FROM events WHERE seq = ?", (seq,)).fetchone()
         assert row is not None and json.loads(row[0])["external_id"] == "job-1"
 
 

@@ -9,7 +9,7 @@ import pytest
 from relay.errors import CursorExpired, UnknownCursor
 from relay.models import Source
 from relay.store import open_store
-from tests.support import redis_url
+from tests.support import redis_url, wipe_redis
 from tests.test_store_contract import NOW, bump, job, put
 
 pytestmark = pytest.mark.anyio
@@ -67,14 +67,14 @@ async def test_a_cursor_older_than_retention_is_reported_expired():
         await store.close()
 
 
-async def test_a_cursor_from_the_future_or_of_another_shape_is_invalid():
+async def test_a_cursor_from_the_future_or_of_another_shape_is_unknown():
     store = open_store(redis_url())
     await store.open()
     try:
         await put(store, job("a"))
-        for cursor in ["99999999999999-0", "12", "abc"]:
+        for position in ["99999999999999-0", "12", "abc"]:
             with pytest.raises(UnknownCursor):
-                await store.read_since(cursor)
+                await store.read_since(store.cursors.cursor(position))
     finally:
         await store.close()
 
@@ -115,5 +115,26 @@ async def test_more_concurrent_commands_than_pooled_connections_wait_rather_than
         reads = await asyncio.gather(*(store.get("id-p-a") for _ in range(300)))
         await asyncio.gather(*waits)
         assert all(found is not None for found in reads)
+    finally:
+        await store.close()
+
+
+async def test_a_cursor_from_before_a_flush_under_a_running_store_is_unknown():
+    url = redis_url()
+    store = open_store(url)
+    await store.open()
+    try:
+        old = [(await put(store, job(name))).event.cursor for name in "ab"]
+        wipe_redis(url)  # FLUSHDB as this store's keys see it; the new stream's ids are newer
+        for name in "abcd":
+            await put(store, job(name))
+        for cursor in old:
+            with pytest.raises(UnknownCursor):
+                await store.read_since(cursor, topics=["provider:p"])
+        # Once the store has seen the flush, it reads on from the cursors it gives now.
+        latest = await store.last_cursor()
+        assert latest not in old
+        written = (await put(store, job("e"))).event
+        assert await store.read_since(latest, topics=["provider:p"]) == [written]
     finally:
         await store.close()

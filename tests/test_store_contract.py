@@ -31,7 +31,7 @@ from relay.store.outbox import (
     SubscriptionStatus,
     event_kinds,
 )
-from tests.support import redis_url
+from tests.support import redis_url, wipe_redis
 
 pytestmark = pytest.mark.anyio
 
@@ -122,9 +122,46 @@ async def test_read_since_filters_by_topic_and_honours_the_limit(store):
 
 async def test_an_unknown_cursor_is_refused(store):
     await put(store, job("a"))
-    for cursor in ["999999", "not-a-cursor", "1\n2", "\u00b2", "\u00b2-\u00b3"]:
+    # Positions past the end or of another shape, in this store's epoch and bare.
+    positions = ["999999", "99999999999999-0", "not-a-cursor", "1\n2", "\u00b2", "\u00b2-\u00b3"]
+    for cursor in [*positions, *map(store.cursors.cursor, positions)]:
         with pytest.raises(UnknownCursor):
             await store.read_since(cursor)
+        with pytest.raises(UnknownCursor):
+            await store.read_since(cursor, topics=["provider:p"])
+
+
+@pytest.mark.parametrize("backend", ["memory", "sqlite", "redis"])
+async def test_a_cursor_from_an_earlier_incarnation_of_the_store_is_unknown(backend, tmp_path):
+    url = {"memory": "memory://", "sqlite": f"sqlite:///{tmp_path}/wiped.db",
+           "redis": redis_url() if backend == "redis" else ""}[backend]
+    before = open_store(url)
+    await before.open()
+    try:
+        old = [(await put(before, job(name))).event.cursor for name in "ab"]
+    finally:
+        await before.close()
+    if backend == "sqlite":
+        for path in tmp_path.glob("wiped.db*"):
+            path.unlink()
+    elif backend == "redis":
+        wipe_redis(url)
+    after = open_store(url)  # memory://: a new store, as after a restart
+    await after.open()
+    try:
+        # The new log is longer than the old one: the old positions exist in it.
+        new = [(await put(after, job(name))).event.cursor for name in "abcd"]
+        assert not set(old) & set(new)
+        for cursor in old:
+            with pytest.raises(UnknownCursor):
+                await after.read_since(cursor)
+            with pytest.raises(UnknownCursor):
+                await after.read_since(cursor, topics=["provider:p"])
+            with pytest.raises(UnknownCursor):
+                await after.wait(cursor, timeout=0.01)
+        assert [e.cursor for e in await after.read_since(new[0])] == new[1:]
+    finally:
+        await after.close()
 
 
 async def test_latest_gives_the_newest_event_of_each_job(store):

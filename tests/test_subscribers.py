@@ -26,8 +26,10 @@ from tests.support import (
     eventually,
     free_port,
     make_settings,
+    redis_url,
     running_relay,
     sse,
+    wipe_redis,
 )
 
 pytestmark = pytest.mark.anyio
@@ -200,6 +202,34 @@ async def test_an_unknown_last_event_id_gets_relay_reset_and_the_current_state()
             return metric(await metrics(relay.client), "relay_subscribers") == 0
 
         await eventually(unsubscribed)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+async def test_a_last_event_id_from_a_wiped_store_gets_relay_reset_and_the_current_state(
+        backend, tmp_path):
+    url = f"sqlite:///{tmp_path}/relay.db" if backend == "sqlite" else redis_url()
+    async with running_relay(make_settings(store=url)) as relay:
+        await relay.track("gen", "old")
+        async with sse(relay.client, "/v1/events?topic=provider:gen") as stream:
+            old_cursor = (await stream.next()).id
+    if backend == "sqlite":
+        for path in tmp_path.glob("relay.db*"):
+            path.unlink()
+    else:
+        wipe_redis(url)
+    async with running_relay(make_settings(store=url)) as relay:
+        # The new log is longer than the old one: the old cursor's position exists in it.
+        new = [(await relay.track("gen", name))["job"]["id"] for name in ("a", "b", "c")]
+        async with sse(relay.client, "/v1/events?topic=provider:gen",
+                       last_event_id=old_cursor) as stream:
+            reset = await stream.next()
+            assert (reset.event, reset.id, reset.data) == (
+                "relay.reset", None, {"reason": "unknown_cursor"})
+            current = await stream.take(3)
+            assert [e.data["id"] for e in current] == new
+            await relay.webhook({"id": "b", "status": "PROCESSING"})
+            live = await stream.next()
+            assert (live.data["id"], live.data["state"]) == (new[1], "running")
 
 
 # -- streams --------------------------------------------------------------------------------

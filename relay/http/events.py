@@ -63,6 +63,8 @@ class Events:
         jobs = topics_field(body, "jobs", TOPICS_PER_TOKEN, status=400)
         topics = topics_field(body, "topics", TOPICS_PER_TOKEN, status=400)
         ttl = body.get("ttl", TOKEN_TTL)
+        if isinstance(ttl, float) and ttl.is_integer():  # 60.0 is a JSON integer too
+            ttl = int(ttl)
         if isinstance(ttl, bool) or not isinstance(ttl, int) or not 1 <= ttl <= TOKEN_TTL_MAX:
             raise invalid("ttl", f"expected whole seconds from 1 to {TOKEN_TTL_MAX}", 400)
         if not jobs and not topics:
@@ -109,13 +111,13 @@ def _last_event_id(request: Request) -> str | None:
 
 
 def _topics(request: Request) -> list[str]:
-    params = request.query_params
-    topics = [*params.getlist("topic"), *(f"job:{j}" for j in params.getlist("job"))]
-    topics = list(dict.fromkeys(t for t in topics if t))
-    if not topics:
+    """The topics of `?topic=…&job=…`: each list as long as a token's may be, so a stream
+    can follow everything a token grants."""
+    topics, jobs = request.query_params.getlist("topic"), request.query_params.getlist("job")
+    if not topics and not jobs:
         raise ApiError("name at least one topic= or job=", code="invalid_request")
-    problem = topics_problem(topics, TOPICS_PER_TOKEN)
-    if problem is not None:
-        raise ApiError(f"topic: {problem} (each up to {TEXT_LENGTH} characters)",
-                       code="invalid_request")
-    return topics
+    for name, values in (("topic", topics), ("job", jobs)):
+        problem = topics_problem(values, TOPICS_PER_TOKEN)
+        if problem is not None:
+            raise invalid(name, f"{problem} (each up to {TEXT_LENGTH} characters)", 400)
+    return list(dict.fromkeys([*topics, *(f"job:{job}" for job in jobs)]))

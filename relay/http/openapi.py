@@ -11,7 +11,8 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any
 
-from relay.fanout.resume import SNAPSHOT_LIMIT
+from relay.fanout.resume import CURSOR_EXPIRED, SNAPSHOT_LIMIT, TOO_FAR_BEHIND, UNKNOWN_CURSOR
+from relay.fanout.wire import JOB_UPDATED, RESET
 from relay.limits import (
     API_BODY_BYTES,
     DELIVERIES_PAGE_DEFAULT,
@@ -20,6 +21,7 @@ from relay.limits import (
     JOBS_PAGE_MAX,
     METADATA_BYTES,
     OFFSET_MAX,
+    RESERVED_TOPICS,
     TEXT_LENGTH,
     TOKEN_TTL,
     TOKEN_TTL_MAX,
@@ -41,6 +43,15 @@ from relay.store.outbox import (
 )
 
 JSON = dict[str, Any]
+
+# What relay.outbound.targets.url_problem accepts, as a pattern (it takes a little more: any
+# host httpx can parse, which names no address anyway).
+URL_PATTERN = r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?([/?#][!-~]*)?$"
+# What relay.signing.signing_key accepts: `whsec_` (optional, as the Standard Webhooks
+# libraries read it) and the base64 of 24 to 64 bytes, its padding optional.
+_B64 = "[A-Za-z0-9+/]"
+SECRET_PATTERN = (f"^(whsec_)?(({_B64}{{4}}){{8,20}}({_B64}{{2}}(==)?|{_B64}{{3}}=?)?"
+                  f"|({_B64}{{4}}){{21}}({_B64}{{2}}(==)?)?)$")
 
 
 def _enum(kind: type[StrEnum]) -> JSON:
@@ -89,6 +100,9 @@ def _query(name: str, schema: JSON, description: str) -> JSON:
 
 _STR: JSON = {"type": "string"}
 _TEXT: JSON = {"type": "string", "minLength": 1, "maxLength": TEXT_LENGTH}
+# str.strip() takes the separators U+001C to U+001F and U+0085 as white space too.
+_NAME: JSON = {**_TEXT, "pattern": r"[^\s\u001c-\u001f\u0085]",
+               "description": "Not only white space."}
 _JOB_ID = _param("id", "path", _STR, "The relay's job id.")
 _UNAUTHORIZED = _error("No valid API key (`Authorization: Bearer <key>`), or a token that is "
                        "altered or expired.")
@@ -221,7 +235,7 @@ def _stream_paths() -> JSON:
                              "exactly, it starts with `event: relay.reset` and `data: "
                              "{\"reason\": \"unknown_cursor\" | \"cursor_expired\" | "
                              "\"too_far_behind\"}` (no `id:`), then the current state.",
-              "content": {"text/event-stream": {"schema": _STR}}}
+              "content": {"text/event-stream": {"schema": _ref("StreamEvent")}}}
     forbidden = _error("The token does not grant this job or topic.")
     token_auth: list[JSON] = [{"apiKey": []}, {"subscribeToken": []}]
     return {
@@ -237,20 +251,29 @@ def _stream_paths() -> JSON:
                 "200": stream,
                 "400": _error("No topic or job named, or too many."),
                 "401": _UNAUTHORIZED, "403": forbidden,
-            }, tag="events", params=[
-                _query("topic", {"type": "array", "items": _TEXT, "maxItems": TOPICS_PER_TOKEN},
-                       "Topics to follow (repeatable): `job:<id>`, `provider:<name>`, or any "
-                       f"topic given when tracking; at most {TOPICS_PER_TOKEN} topics and "
-                       "jobs together."),
-                _query("job", {"type": "array", "items": _TEXT, "maxItems": TOPICS_PER_TOKEN},
-                       "Job ids to follow (repeatable); the same as `topic=job:<id>`."),
-                token, last_id,
-            ], security=token_auth)},
+            }, tag="events", params=[_followed(), token, last_id], security=token_auth)},
         "/v1/tokens": {"post": _op("A subscribe token granting only the jobs and topics named.", {
             "201": _json(_ref("Token"), "The token."),
             "400": _BAD_REQUEST, "401": _UNAUTHORIZED,
         }, tag="events", body=_ref("TokenRequest"))},
     }
+
+
+def _followed() -> JSON:
+    """`?topic=…&job=…` of `GET /v1/events`: one form-exploded object, because the two
+    parameters are optional only as long as the other is given."""
+    def named(name: str) -> JSON:
+        return {"required": [name], "properties": {name: {"minItems": 1}}}
+
+    strings = {"type": "array", "items": _TEXT, "maxItems": TOPICS_PER_TOKEN}
+    return {"name": "follow", "in": "query", "required": True, "style": "form", "explode": True,
+            "description": "What to follow, as `topic=` and `job=` query parameters: at least "
+                           "one of them, each repeatable.",
+            "schema": {"type": "object", "anyOf": [named("topic"), named("job")], "properties": {
+                "topic": {**strings, "description": "Topics to follow: `job:<id>`, "
+                          "`provider:<name>`, or any topic given when tracking."},
+                "job": {**strings, "description": "Job ids to follow; the same as "
+                        "`topic=job:<id>`."}}}}
 
 
 def _hook_paths() -> JSON:
@@ -424,6 +447,7 @@ def _job_schemas() -> JSON:
             "source": _enum(Source),
             "job": _ref("Job"),
         }),
+        "StreamEvent": _stream_event(),
         "JobList": _object(["jobs", "total", "limit", "offset"], {
             "jobs": {"type": "array", "items": _ref("Job")},
             "total": {"type": "integer"}, "limit": {"type": "integer"},
@@ -442,13 +466,37 @@ def _job_schemas() -> JSON:
     }
 
 
+def _stream_event() -> JSON:
+    """One event of an SSE stream, as `schema` of `text/event-stream` describes it before
+    OpenAPI 3.2 (`data` is the JSON the event carries)."""
+    def carrying(schema: JSON) -> JSON:
+        return {"type": "string", "contentMediaType": "application/json",
+                "contentSchema": schema}
+
+    reasons = [UNKNOWN_CURSOR, CURSOR_EXPIRED, TOO_FAR_BEHIND]
+    return {
+        "type": "object", "required": ["event", "data"],
+        "description": "An event of the stream: `event:`, `data:` and, for a job's update, "
+                       "`id:` (its cursor: send it back as `Last-Event-ID` to resume).",
+        "oneOf": [
+            _object(["event", "data", "id"], {
+                "event": {"const": JOB_UPDATED}, "id": {"type": "string", "minLength": 1},
+                "data": carrying(_ref("Job"))}),
+            _object(["event", "data"], {
+                "event": {"const": RESET},
+                "data": carrying(_object(["reason"], {"reason": {"enum": reasons}}))}),
+        ],
+    }
+
+
 def _request_schemas() -> JSON:
     text = _TEXT
     strings = {"type": "array", "items": text, "maxItems": TOPICS_PER_TOKEN}
     return {
         "TrackRequest": _object(["provider", "external_id"], {
-            "provider": text, "external_id": text,
-            "topics": {"type": "array", "items": text, "maxItems": TOPICS_PER_JOB,
+            "provider": _NAME, "external_id": _NAME,
+            "topics": {"type": "array", "maxItems": TOPICS_PER_JOB,
+                       "items": {**text, "not": {"pattern": f"^({'|'.join(RESERVED_TOPICS)})"}},
                        "description": "Extra topics; `job:` and `provider:` are the relay's."},
             "metadata": {"type": "object", "description": "Kept with the job, as given; at "
                          f"most {METADATA_BYTES} bytes as JSON."},
@@ -466,6 +514,8 @@ def _request_schemas() -> JSON:
         "TokenRequest": {
             "type": "object",
             "description": "At least one of `jobs` and `topics`.",
+            "anyOf": [{"required": [name], "properties": {name: {"minItems": 1}}}
+                      for name in ("jobs", "topics")],
             "properties": {
                 "jobs": strings, "topics": strings,
                 "ttl": {"type": "integer", "minimum": 1, "maximum": TOKEN_TTL_MAX,
@@ -485,7 +535,8 @@ def _subscription_schemas() -> JSON:
               "items": _TEXT, "minItems": 1, "maxItems": TOPICS_PER_SUBSCRIPTION,
               "description": "Jobs with any of these topics (`job:<id>`, `provider:<name>`, "
                              "the ones given when tracking); `*` for every job."}
-    secret = {"type": "string", "description": "`whsec_` and the base64 of 24 to 64 bytes."}
+    secret = {"type": "string", "pattern": SECRET_PATTERN,
+              "description": "`whsec_` and the base64 of 24 to 64 bytes."}
     kinds = len(EventKind)
     events = {"type": "array", "items": _enum(EventKind), "minItems": 1, "maxItems": kinds,
               "uniqueItems": True,
@@ -518,13 +569,14 @@ def _subscription_schemas() -> JSON:
                 "last_error", "enabled", "created_at"]
     return {
         "SubscriptionRequest": _object(["url"], {
-            "url": {"type": "string", "maxLength": URL_LENGTH,
+            "url": {"type": "string", "maxLength": URL_LENGTH, "pattern": URL_PATTERN,
                     "description": "http:// or https://; not a loopback, "
                     "private, link-local or metadata address unless "
                     "`server.allow_private_targets`."},
             "topics": {**topics, "default": ["*"]},
-            "events": events,
-            "secret": {**secret, "description": "Generated when not given."},
+            "events": _nullable(events),
+            "secret": {**_nullable(secret), "description": "Generated when not given (or "
+                       "null)."},
         }),
         "Subscription": _object(required, subscription),
         "ReplayRequest": _object(["since"], {

@@ -7,7 +7,8 @@ a duplicate that writes nothing (`change` may have run, against a guess: its res
 which is why it must be pure). Fan-out only reads: `read_since(cursor)` and `wait()`.
 
 Cursors are opaque strings that order events within one store; pass back only what the store
-gave: one it cannot place raises `UnknownCursor`, one older than it keeps `CursorExpired`.
+gave: one it cannot place raises `UnknownCursor` (also one given by an earlier incarnation of
+the store: relay.store.cursors), one older than it keeps `CursorExpired`.
 `follow(store, cursor)` (relay.store.follow) is how a component reads the log as it grows.
 `open_store(url)` picks the backend by URL scheme and imports it lazily.
 
@@ -30,6 +31,7 @@ from typing import Protocol, runtime_checkable
 
 from relay.errors import StoreError
 from relay.models import Event, Job, Source
+from relay.store.cursors import Cursors
 from relay.store.leases import Leases
 from relay.store.outbox import Outbox
 
@@ -67,6 +69,7 @@ class Store(abc.ABC):
 
     outbox: Outbox
     leases: Leases
+    cursors: Cursors  # how the backend's positions become cursors, with the store's epoch
     dedupe_window: float = DEDUPE_WINDOW
     """Seconds a dedupe key is remembered; the composition root shortens it to a shorter
     retention, so that nothing about a finished job outlives that."""

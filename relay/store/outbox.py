@@ -102,6 +102,8 @@ def events_problem(words: Sequence[str]) -> str | None:
     unknown = [word for word in words if word not in {kind.value for kind in EventKind}]
     if unknown:
         return f"unknown event {unknown[0]!r} (expected {known})"
+    if len(set(words)) < len(words):
+        return "each event at most once"
     return None
 
 

@@ -6,21 +6,19 @@ import asyncio
 import bisect
 import contextlib
 import itertools
-import re
 from collections.abc import Callable, Collection
 
 from relay.errors import CursorExpired, UnknownCursor
 from relay.models import Event, Job, Source
 from relay.store import Applied, Change, JobQuery, Store, finished, matches
+from relay.store.cursors import EPOCH, Cursors, new_epoch
 from relay.store.leases import LocalLeases
 from relay.store.memory.outbox import MemoryOutbox
 
-_CURSOR = re.compile(r"[0-9]{1,19}")  # ASCII digits: str.isdigit() also takes "²"
-
 
 class MemoryStore(Store):
-    """Cursors are the decimal number of the event, counted from 1; `_seqs` holds the
-    numbers of the events kept, in order (a sweep leaves gaps)."""
+    """Positions are the event's number, counted from 1; the epoch is this instance's.
+    `_seqs` holds the numbers of the events kept, in order (a sweep leaves gaps)."""
 
     def __init__(self) -> None:
         self._outbox = MemoryOutbox()
@@ -34,6 +32,7 @@ class MemoryStore(Store):
         self._swept = 0  # the newest event a sweep deleted
         self._dedupe: set[str] = set()
         self._secrets: dict[str, str] = {}
+        self.cursors = Cursors(self._secrets.setdefault(EPOCH, new_epoch()))
         self._changed = asyncio.Event()  # set, and replaced, on each new event
 
     async def ping(self) -> None:
@@ -50,7 +49,7 @@ class MemoryStore(Store):
         if new is None:
             return Applied(current, None)
         self._seq += 1
-        event = Event(str(self._seq), new, source, received_at)
+        event = Event(self.cursors.cursor(self._seq), new, source, received_at)
         self._events.append(event)
         self._seqs.append(self._seq)
         self._jobs[new.id] = new
@@ -73,12 +72,12 @@ class MemoryStore(Store):
 
     async def latest(self, topics: Collection[str], limit: int = 100) -> list[Event]:
         wanted = frozenset(topics)
-        newest: dict[str, Event] = {}
-        for event in self._events:
+        newest: dict[str, int] = {}  # a job's newest event, by its index in the log
+        for index, event in enumerate(self._events):
             if not wanted.isdisjoint(event.job.topics):
-                newest[event.job.id] = event
+                newest[event.job.id] = index
         tracked = [job_id for job_id in reversed(self._jobs) if job_id in newest][:limit]
-        return sorted((newest[job_id] for job_id in tracked), key=lambda e: int(e.cursor))
+        return [self._events[index] for index in sorted(newest[job_id] for job_id in tracked)]
 
     async def history(self, job_id: str, limit: int = 1000) -> list[Event]:
         return [event for event in self._events if event.job.id == job_id][:limit]
@@ -87,7 +86,7 @@ class MemoryStore(Store):
                          limit: int = 500) -> list[Event]:
         wanted = None if topics is None else frozenset(topics)
         position = self._position(cursor)
-        if cursor is not None and int(cursor) < self._swept:
+        if cursor is not None and self.cursors.number(cursor) < self._swept:
             raise CursorExpired(cursor)
         found = []
         for event in self._events[position:]:
@@ -98,7 +97,7 @@ class MemoryStore(Store):
         return found
 
     async def last_cursor(self) -> str | None:
-        return str(self._seq) if self._seq else None
+        return self.cursors.cursor(self._seq) if self._seq else None
 
     async def wait(self, cursor: str | None, timeout: float) -> None:
         # An Event per change, not Condition.wait_for inside wait_for: on Python 3.11 that
@@ -134,6 +133,7 @@ class MemoryStore(Store):
     def _position(self, cursor: str | None) -> int:
         if cursor is None:
             return 0
-        if not _CURSOR.fullmatch(cursor) or int(cursor) > self._seq:
+        number = self.cursors.number(cursor)
+        if number > self._seq:
             raise UnknownCursor(cursor)
-        return bisect.bisect_right(self._seqs, int(cursor))
+        return bisect.bisect_right(self._seqs, number)

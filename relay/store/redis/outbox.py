@@ -10,7 +10,7 @@ disabled reason; absent for a subscription saved before health was kept, whose J
 whether it is enabled), `subs:on` (hash: id -> `{"t": topics, "e": events or null}`, or a
 topics list as written before events, for the subscriptions not disabled: what `enqueue`
 reads), `dseq` (counter), `dlv:<id>` (hash: n, sub, job,
-c cursor, j job, s source, r received_at, st status, ca created, na next, t tries, si since,
+c entry id, j job, s source, r received_at, st status, ca created, na next, t tries, si since,
 by superseded by, why reason), `att:<id>` (list of attempt JSON), `dq:<sub>:<job>` (zset: the
 pending queue, by n), `due:<sub>` (zset: the queues' heads, by next time), `dall:<sub>` (zset:
 every delivery, by n, for listing), `pend:<sub>` (zset: pending ones, by creation time), and
@@ -28,6 +28,7 @@ from typing import Any
 
 from relay.errors import StoreError
 from relay.models import Event, Job, Source
+from relay.store.cursors import Cursors
 from relay.store.outbox import (
     KEEP_FINISHED,
     MAX_ATTEMPTS_KEPT,
@@ -292,8 +293,9 @@ return count
 class RedisOutbox:
     """The `Outbox` of `RedisStore`, on the store's connection."""
 
-    def __init__(self, connection: Connection) -> None:
+    def __init__(self, connection: Connection, cursors: Cursors) -> None:
         self.redis: Any = connection.redis
+        self._cursors = cursors
         self.prefix = connection.prefix
         self._key = connection.key
         self._finish_script = self.redis.register_script(_FINISH)
@@ -410,7 +412,7 @@ class RedisOutbox:
                 pipe.hgetall(self._key("dlv", delivery_id))
                 pipe.lrange(self._key("att", delivery_id), 0, -1)
             answers = await pipe.execute()
-        return [_delivery(delivery_id, fields, attempts)
+        return [_delivery(delivery_id, fields, attempts, self._cursors)
                 for delivery_id, fields, attempts in zip(ids, answers[::2], answers[1::2],
                                                          strict=True) if fields]
 
@@ -493,8 +495,10 @@ def _health_args(h: Health) -> list[str | int | float]:
             repr(h.probe_at), h.disabled_reason or ""]
 
 
-def _delivery(delivery_id: str, f: dict[str, str], attempts: list[str]) -> Delivery:
-    event = Event(f["c"], Job.from_dict(json.loads(f["j"])), Source(f["s"]), f["r"])
+def _delivery(delivery_id: str, f: dict[str, str], attempts: list[str], cursors: Cursors
+              ) -> Delivery:
+    event = Event(cursors.cursor(f["c"]), Job.from_dict(json.loads(f["j"])), Source(f["s"]),
+                  f["r"])
     return Delivery(delivery_id, f["sub"], event, DeliveryStatus(f["st"]), float(f["ca"]),
                     float(f["na"]), int(f["t"]), float(f["si"]),
                     tuple(Attempt.from_dict(json.loads(a)) for a in attempts),

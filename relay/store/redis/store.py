@@ -1,25 +1,27 @@
 """The Redis backend (`redis://host:port/db?prefix=relay&retention=1000000`), for several
 relay instances sharing one Redis.
 
-The event log is a Redis Stream: its entry ids are the cursors, and `XREAD BLOCK` is how the
-hub waits. A write runs the caller's pure `change` here, against the job as this instance last
-wrote or read it (none, for a job it has not met), then commits with one Lua script that checks
-the job's version is still that one (compare-and-set), appends the event and updates the job
-and its indexes atomically. Concurrent writes share one script call. When the belief was wrong
-(another instance wrote the job meanwhile, or it existed already), the script answers
-"conflict" with the job as it is, and the write is run again against that. The stream is
-trimmed to about `retention` entries; a cursor older than what is kept raises `CursorExpired`.
+The event log is a Redis Stream: its entry ids are the cursors' positions (relay.store.cursors;
+the epoch is the key `secret:cursor_epoch`, made with SET NX, so a flush makes a new one), and
+`XREAD BLOCK` is how the hub waits. A write runs the caller's pure `change` here, against the
+job as this instance last wrote or read it (none, for a job it has not met), then commits with
+one Lua script that checks the job's version is still that one (compare-and-set), appends the
+event and updates the job and its indexes atomically. Concurrent writes share one script call.
+When the belief was wrong (another instance wrote the job meanwhile, or it existed already),
+the script answers "conflict" with the job as it is, and the write is run again against that.
+The stream is trimmed to about `retention` entries; a cursor older than what is kept raises
+`CursorExpired`.
 
-Keys, under the prefix: `events` (stream), `job:<id>` (hash: v version, c cursor, j job,
+Keys, under the prefix: `events` (stream), `job:<id>` (hash: v version, c entry id, j job,
 s source, r received_at), `key:<provider>:<external_id>` (id), `jobs` (sorted set, tracking
 order), `seq` (counter), `topic:<topic>` and `state:<state>` (sets of ids), `history:<id>`
-(list of cursors), `dedupe:<key>`, `secret:<name>`,
+(list of entry ids), `dedupe:<key>`, `secret:<name>`,
 `lease:<name>` (its owner, with a TTL), `finished` (sorted set: terminal jobs by when they
 finished, for retention; `finished:indexed` once jobs written before it were added), and the
 outbox's (relay.store.redis_outbox). Keys span slots: one Redis, not a cluster.
 
 Retention: `sweep` deletes a batch of finished jobs per script call: the job, its index
-entries, its events (XDEL by the cursors in `history:<id>`, not a trim by age, which would
+entries, its events (XDEL by the entry ids in `history:<id>`, not a trim by age, which would
 take the early events of jobs still running too) and its deliveries. Redis records the
 newest entry ever deleted from the stream (`max-deleted-entry-id`): a cursor older than it
 is expired. Concurrent sweeps of several instances are safe: each step is one script.
@@ -44,6 +46,7 @@ from relay.errors import CursorExpired, StoreError, UnknownCursor
 from relay.models import TERMINAL, Event, Job, Source, State
 from relay.runtime.tasks import cancel_all
 from relay.store import Applied, Change, JobQuery, Store, finished
+from relay.store.cursors import EPOCH, Cursors, new_epoch
 from relay.store.health import WriteHealth
 from relay.store.redis.client import Connection, translated
 from relay.store.redis.leases import RedisLeases
@@ -167,7 +170,8 @@ class RedisStore(Store):
         self.connection = Connection(url, prefix)
         self.prefix = self.connection.prefix
         self.redis: Any = self.connection.redis
-        self.outbox = RedisOutbox(self.connection)
+        self.cursors = Cursors()  # its epoch is read from Redis by `open`
+        self.outbox = RedisOutbox(self.connection, self.cursors)
         self.leases = RedisLeases(self.connection)
         self.health = WriteHealth(f"Redis {prefix}")
         self._apply_script = self.redis.register_script(_APPLY)
@@ -181,7 +185,7 @@ class RedisStore(Store):
         self._reader: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()  # set, and replaced, when the reader adds events
         self._closing = False
-        # The events this instance wrote, by cursor, until the reader meets them in the log.
+        # The events this instance wrote, by entry id, until the reader meets them in the log.
         self._written: dict[str, Event] = {}
 
     @classmethod
@@ -201,8 +205,9 @@ class RedisStore(Store):
 
     async def open(self) -> None:
         await self.ping()  # an unreachable Redis fails startup, not the first request
+        self.cursors.adopt(await self.secret(EPOCH, new_epoch))
         await self._index_finished()
-        self._tail.start(await self.last_cursor() or "0-0")
+        self._tail.start(await self._last_id() or "0-0")
         self._writer = asyncio.create_task(self._write_loop(), name="redis-writer")
         self._reader = asyncio.create_task(self._read_loop(), name="redis-log-reader")
 
@@ -317,8 +322,9 @@ class RedisStore(Store):
             return False
         if answer[0] == "applied":
             assert item.new is not None
-            event = Event(answer[1], item.new, write.source, write.received_at)
-            self._written[event.cursor] = event  # the reader need not decode it again
+            event = Event(self.cursors.cursor(answer[1]), item.new, write.source,
+                          write.received_at)
+            self._written[answer[1]] = event  # the reader need not decode it again
             _answer(item.done, Applied(item.new, event))
         elif answer[0] == "duplicate":
             found = _job_of(answer[1])
@@ -431,8 +437,8 @@ class RedisStore(Store):
                 for job_id in newest:
                     pipe.hmget(self._key("job", job_id), ["c", "j", "s", "r"])
                 rows = await pipe.execute()
-        events = [_event(c, {"j": j, "s": s, "r": r}) for c, j, s, r in rows if c]
-        return sorted(events, key=lambda e: _order(e.cursor))
+        rows = sorted((row for row in rows if row[0]), key=lambda row: _order(row[0]))
+        return [self._event(c, {"j": j, "s": s, "r": r}) for c, j, s, r in rows]
 
     async def history(self, job_id: str, limit: int = 1000) -> list[Event]:
         async with translated():
@@ -441,13 +447,13 @@ class RedisStore(Store):
                 for cursor in cursors:
                     pipe.xrange(self._key("events"), cursor, cursor)
                 found = await pipe.execute()
-        return [_event(entries[0][0], entries[0][1]) for entries in found if entries]
+        return [self._event(*entries[0]) for entries in found if entries]
 
     async def read_since(self, cursor: str | None, *, topics: Collection[str] | None = None,
                          limit: int = 500) -> list[Event]:
-        if (topics is None and cursor is not None and self._reader is not None
-                and not self._swept_after(cursor)):
-            recent = self._tail.since(cursor, limit)
+        if topics is None and cursor is not None and self._reader is not None and not (
+                self._swept_after(position := self.cursors.position(cursor))):
+            recent = self._tail.since(position, limit)
             if recent is not None:
                 return recent  # followers of the log: no call to Redis at all
         async with translated():
@@ -466,29 +472,44 @@ class RedisStore(Store):
         scanned = 0
         while scanned < SCAN_CAP:
             entries = await self.redis.xrange(self._key("events"), f"({start}", "+", count=500)
-            for cursor, fields in entries:
-                yield _event(cursor, fields)
+            for entry_id, fields in entries:
+                yield self._event(entry_id, fields)
             scanned += len(entries)
             if len(entries) < 500:
                 return
             start = entries[-1][0]
 
     async def _start(self, cursor: str | None) -> str:
+        """The entry id a read after `cursor` starts from."""
         if cursor is None:
             return "0-0"
-        if not _CURSOR.fullmatch(cursor):
+        await self._check_epoch()
+        position = self.cursors.position(cursor)
+        if not _CURSOR.fullmatch(position):
             raise UnknownCursor(cursor)
         info = await self._stream_info()
-        if info is None or _order(cursor) > _order(info["last-generated-id"]):
+        if info is None or _order(position) > _order(info["last-generated-id"]):
             raise UnknownCursor(cursor)
-        if _trimmed_after(cursor, info) or _order(cursor) < _order(
+        if _trimmed_after(position, info) or _order(position) < _order(
                 info.get("max-deleted-entry-id") or "0-0"):
             raise CursorExpired(cursor)
-        return cursor
+        return position
 
-    def _swept_after(self, cursor: str) -> bool:
-        """Whether this instance's sweeps deleted an event after `cursor`."""
-        return bool(_CURSOR.fullmatch(cursor)) and _order(cursor) < _order(self._swept)
+    async def _check_epoch(self) -> None:
+        """Adopt the epoch Redis holds, should it have changed under this instance: a flush
+        removed the key (this instance makes a new one, or takes another instance's). The
+        stream's new ids are newer than the old ones, so without this an old cursor would
+        name a position in the new log."""
+        if await self.redis.get(self._key("secret", EPOCH)) == self.cursors.epoch:
+            return
+        self.cursors.adopt(await self.secret(EPOCH, new_epoch))
+        self._tail.start(self._tail.last)  # its events carry cursors of the old epoch
+        logger.warning("the Redis store was reset under this relay (prefix %r): cursors given "
+                       "before are unknown now", self.prefix)
+
+    def _swept_after(self, position: str) -> bool:
+        """Whether this instance's sweeps deleted an event after the one at `position`."""
+        return bool(_CURSOR.fullmatch(position)) and _order(position) < _order(self._swept)
 
     async def _stream_info(self) -> dict[str, Any] | None:
         try:
@@ -500,19 +521,25 @@ class RedisStore(Store):
         return info
 
     async def last_cursor(self) -> str | None:
+        last = await self._last_id()
+        return self.cursors.cursor(last) if last is not None else None
+
+    async def _last_id(self) -> str | None:
         async with translated():
             entries = await self.redis.xrevrange(self._key("events"), "+", "-", count=1)
         return str(entries[0][0]) if entries else None
 
     async def wait(self, cursor: str | None, timeout: float) -> None:
-        if self._reader is None or cursor is None or not self._tail.covers(cursor):
+        after = "0-0" if cursor is None else self.cursors.position(cursor)
+        if not _CURSOR.fullmatch(after):
+            raise UnknownCursor(str(cursor))
+        if self._reader is None or cursor is None or not self._tail.covers(after):
             block = max(1, int(min(timeout, MAX_BLOCK) * 1000))
             async with translated():
-                await self.redis.xread({self._key("events"): cursor or "0-0"}, count=1,
-                                       block=block)
+                await self.redis.xread({self._key("events"): after}, count=1, block=block)
             return
         changed = self._changed
-        if self._tail.after(cursor):
+        if self._tail.after(after):
             return
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
@@ -535,12 +562,18 @@ class RedisStore(Store):
                 continue
             failing = False
             if answer:
-                self._tail.extend([self._written.pop(c) if c in self._written else _event(c, fields)
-                                   for c, fields in answer[0][1]])
+                entries = answer[0][1]
+                self._tail.extend([entry_id for entry_id, _ in entries],
+                                  [self._written.pop(c) if c in self._written
+                                   else self._event(c, fields) for c, fields in entries])
                 if len(self._written) > MAX_TAIL:  # written while the reader was failing
                     self._written.clear()
                 changed, self._changed = self._changed, asyncio.Event()
                 changed.set()
+
+    def _event(self, entry_id: str, fields: dict[str, str]) -> Event:
+        return Event(self.cursors.cursor(entry_id), Job.from_dict(json.loads(fields["j"])),
+                     Source(fields["s"]), fields["r"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -593,7 +626,8 @@ class _JobCache:
 
 class _Tail:
     """The newest events of the log, in order, complete after `first`: what followers of
-    the log read without a call to Redis. Only the event loop touches it."""
+    the log read without a call to Redis. Only the event loop touches it. It speaks in
+    entry ids (the cursors' positions)."""
 
     def __init__(self, size: int = MAX_TAIL) -> None:
         self.size = size
@@ -606,13 +640,15 @@ class _Tail:
         self.first = self.last = after
         self.events, self._orders = [], []
 
-    def extend(self, events: list[Event]) -> None:
+    def extend(self, ids: list[str], events: list[Event]) -> None:
+        """Add `events`, whose entry ids are `ids`."""
         self.events += events
-        self._orders += [_order(event.cursor) for event in events]
-        self.last = events[-1].cursor
+        self._orders += [_order(entry_id) for entry_id in ids]
+        self.last = ids[-1]
         if len(self.events) > self.size:
             dropped = len(self.events) - self.size
-            self.first = self.events[dropped - 1].cursor
+            first = self._orders[dropped - 1]
+            self.first = f"{first[0]}-{first[1]}"
             del self.events[:dropped], self._orders[:dropped]
 
     def covers(self, cursor: str) -> bool:
@@ -653,10 +689,6 @@ async def _drain(writes: asyncio.Queue[tuple[_Write, asyncio.Future[Applied]]]) 
     """Wait until the writes already handed to `apply` are answered (closing finishes them)."""
     while not writes.empty():
         await asyncio.sleep(0.01)
-
-
-def _event(cursor: str, fields: dict[str, str]) -> Event:
-    return Event(cursor, Job.from_dict(json.loads(fields["j"])), Source(fields["s"]), fields["r"])
 
 
 def _trimmed_after(cursor: str, info: dict[str, Any]) -> bool:

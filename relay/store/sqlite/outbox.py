@@ -22,6 +22,7 @@ from collections.abc import Collection, Sequence
 from typing import Any
 
 from relay.models import Event, Job, Source
+from relay.store.cursors import Cursors
 from relay.store.outbox import (
     KEEP_FINISHED,
     MAX_ATTEMPTS_KEPT,
@@ -151,8 +152,9 @@ class Enqueuer:
 class SQLiteOutbox:
     """The `Outbox` of `SQLiteStore`, on the store's connections."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, cursors: Cursors) -> None:
         self._db = db
+        self._cursors = cursors
 
     # -- subscriptions --------------------------------------------------------------------
 
@@ -204,7 +206,7 @@ class SQLiteOutbox:
             later = conn.execute(
                 "SELECT min(next_at) FROM deliveries WHERE subscription_id = ?"
                 " AND status = 'pending' AND next_at > ?", (subscription_id, now)).fetchone()[0]
-            return Due([_delivery(row) for row in rows], later)
+            return Due([_delivery(row, self._cursors) for row in rows], later)
 
         return await self._db.read(run)
 
@@ -224,13 +226,13 @@ class SQLiteOutbox:
         rows = await self._db.read(lambda c: c.execute(
             f"SELECT {_COLUMNS} {_FROM} WHERE {where} ORDER BY d.n DESC LIMIT ?",
             [*params, limit]).fetchall())
-        return [_delivery(row) for row in rows]
+        return [_delivery(row, self._cursors) for row in rows]
 
     async def delivery(self, delivery_id: str) -> Delivery | None:
         n = _number(delivery_id)
         row = None if n is None else await self._db.read(lambda c: c.execute(
             f"SELECT {_COLUMNS} {_FROM} WHERE d.n = ?", (n,)).fetchone())
-        return _delivery(row) if row else None
+        return _delivery(row, self._cursors) if row else None
 
     async def retry_delivery(self, delivery_id: str, now: float) -> Retried:
         n = _number(delivery_id)
@@ -382,10 +384,11 @@ def _events_list(value: str | None) -> list[str] | None:
     return None if value is None else list(json.loads(value))
 
 
-def _delivery(row: tuple[Any, ...]) -> Delivery:
+def _delivery(row: tuple[Any, ...], cursors: Cursors) -> Delivery:
     (n, subscription_id, status, created_at, next_at, tries, since, attempts, by, reason,
      seq, source, received_at, job) = row
-    event = Event(str(seq), Job.from_dict(json.loads(job)), Source(source), received_at)
+    event = Event(cursors.cursor(seq), Job.from_dict(json.loads(job)), Source(source),
+                  received_at)
     tried = tuple(Attempt.from_dict(a) for a in json.loads(attempts))
     return Delivery(f"dlv_{n}", subscription_id, event, DeliveryStatus(status), created_at,
                     next_at, tries, since, tried, f"dlv_{by}" if by is not None else None, reason)

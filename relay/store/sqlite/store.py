@@ -13,8 +13,9 @@ no topics: the hub, the pollers) need no query. All of it is only trusted while 
 is the database's only writer: `PRAGMA data_version`, checked under the write lock, tells
 when another connection has written, and then it is forgotten.
 
-Cursors are the event's `seq`, in decimal. The writer assigns them itself (consecutively,
-under the write lock), so a batch's events are numbered before they are written.
+A cursor's position (relay.store.cursors) is the event's `seq`. The writer assigns seqs itself
+(consecutively, under the write lock), so a batch's events are numbered before they are
+written. The cursors' epoch is kept in the file (`secrets`): a new file makes a new one.
 
 Retention: `sweep` deletes finished jobs (`jobs.finished`, Unix seconds, indexed) a batch per
 transaction, and remembers the newest event it deleted (`marks.swept`): a cursor older than
@@ -29,7 +30,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import re
 import sqlite3
 import time
 from collections.abc import Callable, Collection
@@ -39,6 +39,7 @@ from typing import Any
 from relay.errors import CursorExpired, StoreError, UnknownCursor
 from relay.models import Event, Job, Source
 from relay.store import DEDUPE_WINDOW, Applied, Change, JobQuery, Store, finished
+from relay.store.cursors import EPOCH, Cursors, new_epoch
 from relay.store.health import WriteHealth
 from relay.store.leases import LocalLeases
 from relay.store.outbox import KEEP_FINISHED
@@ -51,7 +52,6 @@ MAX_BATCH = 1000
 MAX_CACHED = 4096
 MAX_TAIL = 2048
 _COMPACT = json.JSONEncoder(separators=(",", ":"))  # made once: json.dumps makes one a call
-_CURSOR = re.compile(r"[0-9]{1,19}")  # ASCII digits: str.isdigit() also takes "²"
 PRUNE_BATCH = 5000
 """Rows one compaction step deletes (old dedupe keys, old finished deliveries)."""
 VACUUM_PAGES = 2048
@@ -122,7 +122,8 @@ class SQLiteStore(Store):
     def __init__(self, path: str) -> None:
         self.path = path
         self._db = Database(path)
-        self.outbox = SQLiteOutbox(self._db)
+        self.cursors = Cursors()  # its epoch is read from the file by `open`
+        self.outbox = SQLiteOutbox(self._db, self.cursors)
         self.leases = LocalLeases()
         self.health = WriteHealth(f"SQLite {path}")
         self._queue: asyncio.Queue[tuple[_Write, asyncio.Future[Applied]] | None] = (
@@ -151,6 +152,7 @@ class SQLiteStore(Store):
     async def open(self) -> None:
         self._last_seq, self._swept = await self._db.open(_prepare)
         self._max_seq = self._last_seq
+        self.cursors.adopt(await self.secret(EPOCH, new_epoch))
         self._write_task = asyncio.create_task(self._write_loop(), name="sqlite-writer")
 
     async def close(self) -> None:
@@ -243,7 +245,7 @@ class SQLiteStore(Store):
         and the last cursor moves, in one step, then followers are woken."""
         if committed.foreign:
             self._tail.clear()
-        self._tail.extend(committed.events)
+        self._tail.extend(committed.events, committed.seq)
         self._last_seq = max(self._last_seq, committed.seq)
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
@@ -253,7 +255,7 @@ class SQLiteStore(Store):
         try:
             conn.execute("BEGIN IMMEDIATE")
             foreign = self._catch_up(conn)
-            batch = _Batch(conn, self._jobs, self._max_seq)
+            batch = _Batch(conn, self._jobs, self._max_seq, self.cursors)
             results = [batch.apply(write) for write in writes]
             batch.flush()
             self._publish_and_commit(conn, batch.seq)
@@ -381,13 +383,13 @@ class SQLiteStore(Store):
             " (SELECT seq FROM jobs WHERE id IN"
             f"  (SELECT job_id FROM job_topics WHERE topic IN ({marks}))"
             " ORDER BY n DESC LIMIT ?) ORDER BY e.seq", [*topics, limit]).fetchall())
-        return [_event(row) for row in rows]
+        return [self._event(row) for row in rows]
 
     async def history(self, job_id: str, limit: int = 1000) -> list[Event]:
         rows = await self._db.read(lambda c: c.execute(
             "SELECT seq, source, received_at, job FROM events WHERE job_id = ?"
             " ORDER BY seq LIMIT ?", (job_id, limit)).fetchall())
-        return [_event(row) for row in rows]
+        return [self._event(row) for row in rows]
 
     async def read_since(self, cursor: str | None, *, topics: Collection[str] | None = None,
                          limit: int = 500) -> list[Event]:
@@ -407,10 +409,10 @@ class SQLiteStore(Store):
             params += topics
         sql += " ORDER BY seq LIMIT ?"
         rows = await self._db.read(lambda c: c.execute(sql, [*params, limit]).fetchall())
-        return [_event(row) for row in rows]
+        return [self._event(row) for row in rows]
 
     async def last_cursor(self) -> str | None:
-        return str(self._last_seq) if self._last_seq else None
+        return self.cursors.cursor(self._last_seq) if self._last_seq else None
 
     async def wait(self, cursor: str | None, timeout: float) -> None:
         # An Event per commit rather than Condition.wait_for inside wait_for: on Python 3.11
@@ -427,9 +429,14 @@ class SQLiteStore(Store):
     def _seq(self, cursor: str | None) -> int:
         if cursor is None:
             return 0
-        if not _CURSOR.fullmatch(cursor) or int(cursor) > self._max_seq:
+        seq = self.cursors.number(cursor)
+        if seq > self._max_seq:
             raise UnknownCursor(cursor)
-        return int(cursor)
+        return seq
+
+    def _event(self, row: tuple[Any, ...]) -> Event:
+        seq, source, received_at, body = row
+        return Event(self.cursors.cursor(seq), _job(body), Source(source), received_at)
 
 
 _Key = tuple[str, str]
@@ -477,12 +484,14 @@ class _Tail:
         self.events: list[Event] = []
         self.first = 0  # the seq of events[0]
 
-    def extend(self, events: list[Event]) -> None:
+    def extend(self, events: list[Event], last_seq: int) -> None:
+        """Add the events of a commit, whose last one has seq `last_seq`."""
         if not events:
             return
-        if int(events[0].cursor) != self.first + len(self.events):
+        first_seq = last_seq - len(events) + 1
+        if first_seq != self.first + len(self.events):
             self.clear()
-            self.first = int(events[0].cursor)
+            self.first = first_seq
         self.events += events
         if len(self.events) > 2 * self.size:
             dropped = len(self.events) - self.size
@@ -505,8 +514,10 @@ class _Batch:
     batch left them, and the rows are written together by `flush` (a few `executemany`
     calls rather than several statements per write)."""
 
-    def __init__(self, conn: sqlite3.Connection, cache: _JobCache, last_seq: int) -> None:
+    def __init__(self, conn: sqlite3.Connection, cache: _JobCache, last_seq: int,
+                 cursors: Cursors) -> None:
         self.conn = conn
+        self.cursors = cursors
         self.cache = cache
         self.seq = last_seq
         self.jobs: dict[_Key, Job | None] = {}
@@ -560,7 +571,7 @@ class _Batch:
             self.topics_gone += [(topic, new.id) for topic in old if topic not in new.topics]
             self.topics_new += [(topic, new.id) for topic in new.topics if topic not in old]
         self.outbox.add(self.seq, new, current)
-        event = Event(str(self.seq), new, write.source, write.received_at)
+        event = Event(self.cursors.cursor(self.seq), new, write.source, write.received_at)
         self.new_events.append(event)
         return event
 
@@ -694,8 +705,4 @@ def _where(query: JobQuery) -> tuple[str, list[Any]]:
 def _job(body: str) -> Job:
     return Job.from_dict(json.loads(body))
 
-
-def _event(row: tuple[Any, ...]) -> Event:
-    seq, source, received_at, body = row
-    return Event(str(seq), _job(body), Source(source), received_at)
 
