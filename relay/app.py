@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 from starlette.applications import Starlette
@@ -56,13 +57,22 @@ def create_app(settings: Settings, *, store: Store | None = None,
     recorder = Recorder(store, metrics)
     catalogs = Catalogs(metrics)
     clients = ProviderClients(providers, http, catalogs)
+
+    def announce(kind: str, data: dict[str, Any]) -> None:
+        """An operational event (topic relay:ops): to this process's SSE streams and to
+        the subscriptions that name the topic. Not in the log: see ARCHITECTURE.md."""
+        metrics.ops_events.labels(kind).inc()
+        hub.announce(kind, data)
+        outbound.announce(kind, data)
+
     scheduler = Scheduler(providers, store, recorder, clients, metrics,
-                          public_url=server.public_url)
+                          public_url=server.public_url, announce=announce)
     ingest = WebhookIngest(providers, recorder, tokens, metrics, catalogs=catalogs,
                            on_unverified=scheduler.unverified)
     tracking = Tracking(providers, recorder, tokens, server.public_url)
     cancel = Cancel(providers, store, recorder, clients)
-    outbound = Outbound(settings.outbound, store, metrics)  # ConfigError: bad [[subscriptions]]
+    outbound = Outbound(settings.outbound, store, metrics,  # ConfigError: bad [[subscriptions]]
+                        on_ops=announce)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

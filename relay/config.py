@@ -91,6 +91,7 @@ class ServerConfig:
     delivery_max_age: float = 86400.0
     delivery_retry_scale: float = 1.0
     max_connections: int = 10_000
+    log_format: str = "text"  # text | json
 
     @property
     def loopback(self) -> bool:

@@ -26,9 +26,10 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
-from relay.fanout.wire import HEARTBEAT, Frame, encode
-from relay.models import Event, utcnow
+from relay.fanout.wire import HEARTBEAT, Frame, encode, operational
+from relay.models import OPS_TOPIC, Event, utcnow
 from relay.runtime.metrics import Metrics
 from relay.runtime.tasks import cancel_all
 from relay.store import Store
@@ -196,6 +197,15 @@ class Hub:
             self._put(subscriber, frame)
         lag = (now - datetime.fromisoformat(event.received_at)).total_seconds()
         self.metrics.delivery_lag.observe(max(lag, 0.0))
+
+    def announce(self, kind: str, data: dict[str, Any]) -> None:
+        """An operational event, to this process's subscribers of OPS_TOPIC."""
+        targets = self._by_topic.get(OPS_TOPIC)
+        if not targets:
+            return
+        frame = operational(kind, data)
+        for subscriber in list(targets):
+            self._put(subscriber, frame)
 
     def _put(self, subscriber: Subscriber, frame: Frame) -> None:
         if not subscriber.mailbox.put(frame):

@@ -33,6 +33,7 @@ from relay.models import Event, Job, Source
 from relay.polling.deadlines import Deadlines
 from relay.polling.leases import PollLeases, lease_ttl
 from relay.polling.pollers import POLLERS, Poller, Services
+from relay.polling.pollers.base import Announce
 from relay.polling.schedule import Tracked
 from relay.runtime.metrics import Metrics
 from relay.runtime.tasks import cancel_all
@@ -51,13 +52,15 @@ class Scheduler:
 
     def __init__(self, providers: Providers, store: Store, recorder: Recorder,
                  clients: ProviderClients, metrics: Metrics, *, public_url: str = "",
-                 seed: int | None = None, lease_ttl_seconds: float | None = None) -> None:
+                 seed: int | None = None, lease_ttl_seconds: float | None = None,
+                 announce: Announce | None = None) -> None:
         self.providers = providers
         self.store = store
         self.recorder = recorder
         self.clients = clients
         self.metrics = metrics
-        self.services = Services(recorder, metrics, random.Random(seed), public_url)
+        self.services = Services(recorder, metrics, random.Random(seed), public_url,
+                                 announce)
         self.pollers: dict[str, Poller] = {}
         self.deadlines = Deadlines(providers, recorder, metrics)
         self.leases = PollLeases(store.leases, lease_ttl_seconds or lease_ttl(providers))
