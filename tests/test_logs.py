@@ -84,7 +84,7 @@ def json_run(tmp_path_factory) -> tuple[str, dict[str, str]]:
 
 
 def test_json_logs_are_one_object_per_line_for_relay_uvicorn_and_access(json_run):
-    text, tokens = json_run
+    text, _ = json_run
     lines = [json.loads(line) for line in text.splitlines()]  # every line is JSON
 
     loggers = {line["logger"] for line in lines}

@@ -64,6 +64,11 @@ class TextFormatter(logging.Formatter):
 
 def configure(level: str, log_format: str = "text", stream: TextIO | None = None) -> None:
     """Every line through one handler on stderr (or `stream`) in `log_format`, at `level`."""
+    # No format shows where a line was logged from, nor the thread or process: not looking
+    # them up takes about a quarter off each line (logging's own "Optimization" advice),
+    # which matters at an access line per webhook.
+    logging._srcfile = None
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     root = logging.getLogger()
