@@ -134,3 +134,25 @@ async def test_a_429_pause_and_its_end_are_logged_once_each(caplog):
     again = [r for r in lines if "answers polls again" in r.getMessage()]
     assert len(paused) == pauses >= 1 and len(again) == 1
     assert paused[0].provider == "jobs" and paused[0].until.endswith("Z")  # type: ignore[attr-defined]
+
+
+async def test_on_redis_the_streams_of_every_instance_hear_an_ops_event_once_and_it_is_sent_once():
+    url = redis_url()
+    failing_consumer, ops_consumer = Consumer(status=500), Consumer()
+    async with serving_consumer(failing_consumer) as hook, \
+            serving_consumer(ops_consumer) as ops_url, \
+            running_relay(outbound_settings(url)) as first, \
+            running_relay(outbound_settings(url)) as second, \
+            sse(first.client, OPS) as on_first, sse(second.client, OPS) as on_second:
+        sub_id = (await subscribe(first, hook))["id"]
+        ops_sub = await subscribe(second, ops_url, topics=["relay:ops"])
+        for index in range(6):
+            await update(first, f"p-{index}")
+        heard = [await on_first.next(timeout=15), await on_second.next(timeout=15)]
+        await eventually(lambda: len(ops_consumer.delivered()) >= 1, timeout=10)
+        for stream in (on_first, on_second):  # no instance told it twice
+            with pytest.raises(TimeoutError):
+                await stream.next(timeout=1)
+
+    assert [(e.event, e.data["id"]) for e in heard] == [(FAILING, sub_id)] * 2
+    assert [s["type"] for s in told(ops_consumer, ops_sub["secret"])] == [FAILING]

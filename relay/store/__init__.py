@@ -13,14 +13,15 @@ gave: one it cannot place raises `UnknownCursor`, one older than it keeps `Curso
 Every store owns two objects besides its log: `outbox` (relay.store.outbox: the outbound
 webhook subscriptions and the deliveries written in `apply`'s transaction) and `leases`
 (relay.store.leases: which instance does which piece of shared work; a store that serves one
-process grants everything to it).
+process grants everything to it). A store shared by processes is also a `Broadcast`.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Collection
+from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 from relay.errors import StoreError
 from relay.models import Event, Job, Source
@@ -113,6 +114,20 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def secret(self, name: str, generate: Callable[[], str]) -> str:
         """A value kept in the store: the one stored under `name`, else `generate()` stored."""
+
+
+@runtime_checkable
+class Broadcast(Protocol):
+    """A store several processes share (Redis) that can tell all of them a message that is
+    not in the log: the operational events. What one `publish`es, every process's
+    `messages()` yields, its own included; a message published while a process is not
+    listening (reconnecting) is not yielded to it."""
+
+    async def publish(self, message: str) -> None:
+        """Send `message` to every process; StoreError when it cannot be sent."""
+
+    def messages(self) -> AsyncIterator[str]:
+        """The messages published from now on, for as long as it is iterated."""
 
 
 def open_store(url: str) -> Store:
