@@ -59,8 +59,9 @@ def create_app(settings: Settings, *, store: Store | None = None,
     clients = ProviderClients(providers, http, catalogs)
 
     def announce(kind: str, data: dict[str, Any]) -> None:
-        """An operational event (topic relay:ops): to this process's SSE streams and to
-        the subscriptions that name the topic. Not in the log: see ARCHITECTURE.md."""
+        """An operational event (topic relay:ops): to the SSE streams of the topic (of every
+        instance, on Redis) and to the subscriptions that name it. Not in the log: see
+        ARCHITECTURE.md."""
         metrics.ops_events.labels(kind).inc()
         hub.announce(kind, data)
         outbound.announce(kind, data)

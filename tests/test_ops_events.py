@@ -156,3 +156,33 @@ async def test_on_redis_the_streams_of_every_instance_hear_an_ops_event_once_and
 
     assert [(e.event, e.data["id"]) for e in heard] == [(FAILING, sub_id)] * 2
     assert [s["type"] for s in told(ops_consumer, ops_sub["secret"])] == [FAILING]
+
+
+async def test_on_redis_two_instances_polling_a_refusing_provider_tell_it_once():
+    url = redis_url()
+    async with simulators(jobs_key="the-real-key") as sims, \
+            relay_for(settings_for(sims, url)) as first, \
+            relay_for(settings_for(sims, url)) as second, \
+            sse(first.client, OPS) as stream:
+        externals = [sims.jobs.create_job(jobstatus_timeline(step=0.05)) for _ in range(8)]
+        tracked = [await relay.track("jobs", e)
+                   for relay, e in zip([first, second] * 4, externals, strict=True)]
+
+        async def both_refused() -> bool:
+            ready = [(await relay.client.get("/readyz")).json() for relay in (first, second)]
+            return all(r.get("providers", {}).get("jobs", {}).get("polling") == "unauthorized"
+                       for r in ready)
+
+        await eventually(both_refused, timeout=15)
+        unauthorized = await stream.next(timeout=15)
+        sims.jobs.api_key = KEY
+        for t in tracked:
+            assert (await final(first, t["job"]["id"]))["state"] == "succeeded"
+        recovered = await stream.next(timeout=15)
+        with pytest.raises(TimeoutError):
+            await stream.next(timeout=1)
+        counted = [await counter(relay, "relay_ops_events_total", type=UNAUTHORIZED)
+                   for relay in (first, second)]
+
+    assert (unauthorized.event, recovered.event) == (UNAUTHORIZED, RECOVERED)
+    assert sorted(counted) == [0, 1]

@@ -32,6 +32,7 @@ from relay.ingest.recorder import Recorder
 from relay.models import Event, Job, Source
 from relay.polling.deadlines import Deadlines
 from relay.polling.leases import PollLeases, lease_ttl
+from relay.polling.notices import AccountNotices
 from relay.polling.pollers import POLLERS, Poller, Services
 from relay.polling.pollers.base import Announce
 from relay.polling.schedule import Tracked
@@ -59,11 +60,12 @@ class Scheduler:
         self.recorder = recorder
         self.clients = clients
         self.metrics = metrics
+        self.leases = PollLeases(store.leases, lease_ttl_seconds or lease_ttl(providers))
+        self.notices = AccountNotices(store.leases, self.leases.owner, announce)
         self.services = Services(recorder, metrics, random.Random(seed), public_url,
-                                 announce)
+                                 self.notices)
         self.pollers: dict[str, Poller] = {}
         self.deadlines = Deadlines(providers, recorder, metrics)
-        self.leases = PollLeases(store.leases, lease_ttl_seconds or lease_ttl(providers))
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -93,6 +95,7 @@ class Scheduler:
         self._tasks = []
         for poller in self.pollers.values():
             await poller.stop()
+        await self.notices.stop()
         await self._release_all()
 
     def nudge(self, provider: str, external_id: str) -> bool:

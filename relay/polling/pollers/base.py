@@ -66,7 +66,8 @@ class Services:
 Announce = Callable[[str, dict[str, Any]], None]
 """Told `(operational event type, the provider's JSON)`: relay.provider.unauthorized when a
 provider starts refusing the relay's account, relay.provider.recovered when it serves it
-again; once per change, by the instance whose poll saw it."""
+again; once per change of this poller's gate (relay.polling.notices makes it once across
+instances)."""
 UNAUTHORIZED, RECOVERED = "relay.provider.unauthorized", "relay.provider.recovered"
 
 
