@@ -45,7 +45,8 @@ def told(consumer: Consumer, secret: str) -> list[dict[str, Any]]:
 
 
 async def test_a_failing_then_disabled_consumer_is_told_to_sse_and_to_ops_subscriptions(
-        store_url):
+        store_url, caplog):
+    caplog.set_level(logging.INFO, logger="relay.outbound.health")
     failing_consumer, ops_consumer = Consumer(status=500), Consumer()
     async with serving_consumer(failing_consumer) as url, \
             serving_consumer(ops_consumer) as ops_url, \
@@ -73,6 +74,9 @@ async def test_a_failing_then_disabled_consumer_is_told_to_sse_and_to_ops_subscr
     assert [(s["type"], s["data"]["id"], s["data"]["status"]) for s in sent] == [
         (FAILING, sub_id, "failing"), (DISABLED, sub_id, "disabled")]
     assert all(s["timestamp"].endswith("Z") for s in sent)
+    logged = [(r.subscription_id, r.status) for r in caplog.records  # type: ignore[attr-defined]
+              if r.name == "relay.outbound.health"]
+    assert logged == [(sub_id, "failing"), (sub_id, "disabled")]
     assert f'relay_ops_events_total{{type="{FAILING}"}} 1.0' in metrics
     assert f'relay_ops_events_total{{type="{DISABLED}"}} 1.0' in metrics
 
