@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 from starlette.applications import Starlette
@@ -58,13 +59,23 @@ def create_app(settings: Settings, *, store: Store | None = None,
     recorder = Recorder(store, metrics)
     catalogs = Catalogs(metrics)
     clients = ProviderClients(providers, http, catalogs)
+
+    def announce(kind: str, data: dict[str, Any]) -> None:
+        """An operational event (topic relay:ops): to the SSE streams of the topic (of every
+        instance, on Redis) and to the subscriptions that name it. Not in the log: see
+        ARCHITECTURE.md."""
+        metrics.ops_events.labels(kind).inc()
+        hub.announce(kind, data)
+        outbound.announce(kind, data)
+
     scheduler = Scheduler(providers, store, recorder, clients, metrics,
-                          public_url=server.public_url)
+                          public_url=server.public_url, announce=announce)
     ingest = WebhookIngest(providers, recorder, tokens, metrics, catalogs=catalogs,
                            on_unverified=scheduler.unverified)
     tracking = Tracking(providers, recorder, tokens, server.public_url)
     cancel = Cancel(providers, store, recorder, clients)
-    outbound = Outbound(settings.outbound, store, metrics)  # ConfigError: bad [[subscriptions]]
+    outbound = Outbound(settings.outbound, store, metrics,  # ConfigError: bad [[subscriptions]]
+                        on_ops=announce)
     retention = Retention(store, server.retention)
     if server.retention:
         store.dedupe_window = min(store.dedupe_window, server.retention)

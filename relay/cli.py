@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+LOG_FORMATS = ("text", "json")  # relay.runtime.logs.FORMATS, not imported before it is needed
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -41,8 +42,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not hasattr(args, "run"):
         parser.print_help()
         return 2
-    level = getattr(args, "log_level", "info").upper()
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from relay.runtime.logs import configure
+
+    configure(getattr(args, "log_level", "info"), getattr(args, "log_format", "text"))
     try:
         return int(args.run(args, received))
     except (ConfigError, StoreError) as exc:
@@ -134,6 +136,8 @@ def _demo_parser(demo: argparse.ArgumentParser) -> None:
                            "removed at exit)")
     demo.add_argument("--log-level", default="warning", choices=LOG_LEVELS,
                       help="log level of the relay and uvicorn (default: warning)")
+    demo.add_argument("--log-format", default="text", choices=LOG_FORMATS,
+                      help="text, or json: one JSON object per line (default: text)")
     demo.set_defaults(run=_demo)
 
 
@@ -175,6 +179,7 @@ def _serve(args: argparse.Namespace, received: Sequence[int]) -> int:
     import faulthandler
 
     from relay.app import create_app
+    from relay.runtime.logs import configure
     from relay.runtime.protocol import ConnectionLimits
     from relay.runtime.server import make_server
 
@@ -182,14 +187,14 @@ def _serve(args: argparse.Namespace, received: Sequence[int]) -> int:
     # or cannot be extended on a full disk, SIGSEGV) still leaves its traceback on stderr.
     faulthandler.enable()
     settings = _settings(args)
+    configure(args.log_level, settings.server.log_format)
     asyncio.run(_check_store(settings))
     app = create_app(settings)
     _tune_gc()
     sock = _listen(settings.server.host, settings.server.port)
     logger.info("relay listening on http://%s:%s (store %s)", settings.server.host,
                 sock.getsockname()[1], settings.server.store)
-    # Above info the access log is off, not just filtered: its line is built per request.
-    make_server(app, log_level=args.log_level, access_log=args.log_level in ("debug", "info"),
+    make_server(app, log_level=args.log_level,
                 limits=ConnectionLimits(max_connections=settings.server.max_connections)
                 ).run(sockets=[sock])
     return 0

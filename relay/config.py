@@ -92,6 +92,7 @@ class ServerConfig:
     delivery_retry_scale: float = 1.0
     max_connections: int = 10_000
     retention: float = 2_592_000.0  # seconds a terminal job is kept after it finished; 0: all
+    log_format: str = "text"  # text | json
 
     @property
     def loopback(self) -> bool:

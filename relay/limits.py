@@ -16,8 +16,8 @@ TOPICS_PER_TOKEN = 100
 """Jobs, and topics, a subscribe token grants; topics and jobs one stream follows."""
 TOPICS_PER_SUBSCRIPTION = 100
 """Topics of an outbound subscription."""
-RESERVED_TOPICS = ("job:", "provider:")
-"""Topic prefixes only the relay gives."""
+RESERVED_TOPICS = ("job:", "provider:", "relay:")
+"""Topic prefixes only the relay gives (`relay:ops` carries its operational events)."""
 METADATA_BYTES = 16384
 """`metadata` of `POST /v1/jobs`, as JSON."""
 API_BODY_BYTES = 65536
@@ -36,6 +36,10 @@ OFFSET_MAX = 10**9
 DELIVERIES_PAGE_DEFAULT = 100
 DELIVERIES_PAGE_MAX = 500
 URL_LENGTH = 2048
+_PORT = "6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4}"
+URL_PATTERN = f"^https?://[A-Za-z0-9.-]+(:({_PORT}))?" r"([/?#][!-~]*)?$"
+"""An outbound target: http or https, a host name in ASCII (punycode for others) or an IPv4
+address, a port, printable ASCII after it."""
 """Characters in an outbound webhook URL."""
 MESSAGE_ID_LENGTH = 256
 """Characters of a `webhook-id` kept to recognise a redelivery."""

@@ -15,6 +15,9 @@ from enum import StrEnum
 from typing import Any
 
 JSON = dict[str, Any]
+OPS_TOPIC = "relay:ops"
+"""The topic of the operational events (`relay.subscription.failing`, `…disabled`,
+`relay.provider.unauthorized`, `…recovered`): not job events, they are not in the log."""
 
 
 class State(StrEnum):

@@ -92,7 +92,8 @@ def _variable(name: str, env: Mapping[str, str], key: str) -> str:
 
 _SERVER_KEYS = {"host", "port", "public_url", "store", "secret", "api_keys", "cors_origins",
                 "heartbeat", "max_body", "allow_private_targets", "delivery_max_age",
-                "delivery_retry_scale", "max_connections", "retention"}
+                "delivery_retry_scale", "max_connections", "retention", "log_format"}
+LOG_FORMATS = ("text", "json")
 
 
 def _server(table: Mapping[str, Any], env: Mapping[str, str]) -> ServerConfig:
@@ -118,6 +119,7 @@ def _server(table: Mapping[str, Any], env: Mapping[str, str]) -> ServerConfig:
                                     high=1000),
         max_connections=_int(values, "max_connections", "server", 10_000, low=1),
         retention=_float(values, "retention", "server", 2_592_000.0, low=0),
+        log_format=_log_format(_str(values, "log_format", "server", "text")),
     )
     _check_exposure(server)
     return server
@@ -142,6 +144,12 @@ def _apply_env(values: dict[str, Any], env: Mapping[str, str]) -> None:
             values["port"] = int(port)
         except ValueError:
             raise ConfigError(f"RELAY_PORT/PORT: expected a port number, got {port!r}") from None
+
+
+def _log_format(name: str) -> str:
+    if name not in LOG_FORMATS:
+        raise ConfigError(f"server.log_format: expected text or json, got {name[:64]!r}")
+    return name
 
 
 def _store_url(url: str) -> str:
@@ -395,6 +403,9 @@ KEYS: tuple[Key, ...] = (
         "and demos shorten it)"),
     Key(SERVER, "max_connections", 10_000, "open connections at once; past it a new one gets "
         "`503`"),
+    Key(SERVER, "log_format", "text", "`text`, or `json`: one JSON object per line (`ts`, "
+        "`level`, `logger`, `msg`, and the line's fields); access lines carry the request id, "
+        "method, path (tokens redacted), status and duration"),
     Key(PROVIDER, "schema", REQUIRED, "`story`, `generation` or `jobstatus`: how the provider "
         "reports its jobs"),
     Key(PROVIDER, "base_url", None, "the provider's API root, where relay polls",

@@ -21,17 +21,20 @@ from the newest event.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
-from relay.fanout.wire import HEARTBEAT, Frame, encode
-from relay.models import Event, utcnow
+from relay.errors import StoreError
+from relay.fanout.wire import HEARTBEAT, Frame, encode, operational
+from relay.models import OPS_TOPIC, Event, utcnow
 from relay.runtime.metrics import Metrics
 from relay.runtime.tasks import cancel_all
-from relay.store import Store
+from relay.store import Broadcast, Store
 from relay.store.follow import Gap, follow
 
 logger = logging.getLogger(__name__)
@@ -119,16 +122,19 @@ class Hub:
         self._by_topic: dict[str, set[Subscriber]] = {}
         self._all: set[Subscriber] = set()
         self._tasks: list[asyncio.Task[None]] = []
+        self._publishing: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         cursor = await self.store.last_cursor()
         self._tasks = [asyncio.create_task(self._follow(cursor), name="hub"),
                        asyncio.create_task(self._beat(), name="hub-heartbeat"),
                        asyncio.create_task(self._close_on_stop(), name="hub-stop")]
+        if isinstance(self.store, Broadcast):
+            self._tasks.append(asyncio.create_task(self._hear(self.store), name="hub-ops"))
 
     async def stop(self) -> None:
         self.stopping.set()
-        await cancel_all(self._tasks)
+        await cancel_all([*self._tasks, *self._publishing])
         self._close_all()
 
     async def _close_on_stop(self) -> None:
@@ -196,6 +202,41 @@ class Hub:
             self._put(subscriber, frame)
         lag = (now - datetime.fromisoformat(event.received_at)).total_seconds()
         self.metrics.delivery_lag.observe(max(lag, 0.0))
+
+    def announce(self, kind: str, data: dict[str, Any]) -> None:
+        """An operational event, to the subscribers of OPS_TOPIC: of every instance when the
+        store is shared (it is published, and each hub, this one too, hears it), else of
+        this process."""
+        if not isinstance(self.store, Broadcast):
+            self._tell(kind, data)
+            return
+        message = json.dumps({"type": kind, "data": data}, separators=(",", ":"), default=str)
+        task = asyncio.create_task(self._publish(self.store, message), name="hub-announce")
+        self._publishing.add(task)
+        task.add_done_callback(self._publishing.discard)
+
+    async def _publish(self, store: Broadcast, message: str) -> None:
+        try:
+            await store.publish(message)
+        except StoreError as exc:
+            logger.warning("could not tell the other instances an operational event: %s", exc)
+
+    async def _hear(self, store: Broadcast) -> None:
+        async for message in store.messages():
+            try:
+                told = json.loads(message)
+                self._tell(str(told["type"]), told["data"])
+            except (ValueError, KeyError, TypeError):  # not one of ours
+                logger.warning("ignored an operational event that could not be read: %.200r",
+                               message)
+
+    def _tell(self, kind: str, data: dict[str, Any]) -> None:
+        targets = self._by_topic.get(OPS_TOPIC)
+        if not targets:
+            return
+        frame = operational(kind, data)
+        for subscriber in list(targets):
+            self._put(subscriber, frame)
 
     def _put(self, subscriber: Subscriber, frame: Frame) -> None:
         if not subscriber.mailbox.put(frame):

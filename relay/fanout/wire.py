@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Any
 
 from relay.models import Event
 
@@ -47,6 +48,13 @@ def encode(event: Event) -> Frame:
     body = json.dumps(job.to_dict(), separators=(",", ":"))
     data = message(body, event=JOB_UPDATED, id=event.cursor)
     return Frame(event.cursor, job.id, job.version, job.terminal, data)
+
+
+def operational(kind: str, data: dict[str, Any]) -> Frame:
+    """An operational event (`relay.subscription.failing`, …): no `id:`, since it is not in
+    the store's log, so a client's Last-Event-ID stays the last job event it had."""
+    body = json.dumps(data, separators=(",", ":"), default=str)
+    return Frame("", "", 0, False, message(body, event=kind))
 
 
 def reset(reason: str) -> bytes:

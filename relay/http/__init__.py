@@ -2,7 +2,8 @@
 services below (ingest, fan-out, outbound, the store). The only package that speaks Starlette.
 
 `application(...)` puts the routes together with the error envelope, request ids and CORS;
-the hottest paths go to their own plain ASGI handlers first (`RelayApp`).
+the hottest paths go to their own plain ASGI handlers first (`RelayApp`), and every request
+gets its access line (relay.runtime.access).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from relay.http.errors import HANDLERS, RequestIdMiddleware
+from relay.runtime import access
 
 
 class Resource(Protocol):
@@ -37,12 +39,19 @@ class RelayApp(Starlette):
     fast: Sequence[tuple[str, ASGIApp]] = ()
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            path = scope["path"]
-            for prefix, app in self.fast:
-                if path.startswith(prefix):
-                    await app(scope, receive, send)
-                    return
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+        elif access.enabled():  # every request, fast or not, gets its access line
+            await access.logged(self._http, scope, receive, send)
+        else:
+            await self._http(scope, receive, send)
+
+    async def _http(self, scope: Any, receive: Any, send: Any) -> None:
+        path = scope["path"]
+        for prefix, app in self.fast:
+            if path.startswith(prefix):
+                await app(scope, receive, send)
+                return
         await super().__call__(scope, receive, send)
 
 

@@ -124,7 +124,7 @@ def _found(job: Job | None) -> Job:
 def _topics(body: dict[str, Any]) -> list[str]:
     topics = topics_field(body, "topics", TOPICS_PER_JOB)
     if any(t.startswith(RESERVED_TOPICS) for t in topics):
-        raise invalid("topics", "job: and provider: topics are given by the relay")
+        raise invalid("topics", "job:, provider: and relay: topics are given by the relay")
     return topics
 
 

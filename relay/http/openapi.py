@@ -30,10 +30,13 @@ from relay.limits import (
     TOPICS_PER_TOKEN,
     TRACKED_TOKEN_TTL,
     URL_LENGTH,
+    URL_PATTERN,
     WAIT_DEFAULT,
     WAIT_MAX,
 )
 from relay.models import Schema, Source, State
+from relay.outbound.health import OPS_EVENTS
+from relay.polling.pollers.base import RECOVERED, UNAUTHORIZED
 from relay.store.outbox import (
     REPLAY_MAX,
     REPLAY_SCAN,
@@ -44,9 +47,6 @@ from relay.store.outbox import (
 
 JSON = dict[str, Any]
 
-# What relay.outbound.targets.url_problem accepts, as a pattern (it takes a little more: any
-# host httpx can parse, which names no address anyway).
-URL_PATTERN = r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?([/?#][!-~]*)?$"
 # What relay.signing.signing_key accepts: `whsec_` (optional, as the Standard Webhooks
 # libraries read it) and the base64 of 24 to 64 bytes, its padding optional.
 _B64 = "[A-Za-z0-9+/]"
@@ -485,6 +485,13 @@ def _stream_event() -> JSON:
             _object(["event", "data"], {
                 "event": {"const": RESET},
                 "data": carrying(_object(["reason"], {"reason": {"enum": reasons}}))}),
+            _object(["event", "data"], {  # on the topic relay:ops
+                "event": {"enum": sorted(OPS_EVENTS.values())},
+                "data": carrying(_ref("Subscription"))}),
+            _object(["event", "data"], {
+                "event": {"enum": [UNAUTHORIZED, RECOVERED]},
+                "data": carrying({"type": "object", "required": ["provider", "schema"],
+                                  "description": "The provider: its name, schema and health."})}),
         ],
     }
 
@@ -497,7 +504,8 @@ def _request_schemas() -> JSON:
             "provider": _NAME, "external_id": _NAME,
             "topics": {"type": "array", "maxItems": TOPICS_PER_JOB,
                        "items": {**text, "not": {"pattern": f"^({'|'.join(RESERVED_TOPICS)})"}},
-                       "description": "Extra topics; `job:` and `provider:` are the relay's."},
+                       "description": "Extra topics; `job:`, `provider:` and `relay:` are "
+                                      "the relay's."},
             "metadata": {"type": "object", "description": "Kept with the job, as given; at "
                          f"most {METADATA_BYTES} bytes as JSON."},
         }),

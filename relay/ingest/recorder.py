@@ -1,4 +1,5 @@
-"""Folding provider updates into the store, whichever way they came (webhook, poll, API)."""
+"""Folding provider updates into the store, whichever way they came (webhook, poll, API).
+Each change of a job's state is logged here, once, at info (`job_id`, `provider`, `state`)."""
 
 from __future__ import annotations
 
@@ -37,6 +38,16 @@ def new_job(provider: ProviderConfig, external_id: str, *, topics: Sequence[str]
                metadata=dict(metadata or {}), created_at=now, updated_at=now)
 
 
+class _Before:
+    """The job as the store had it when it ran the change (the change's last run counts: a
+    store may run it again after a conflicting write)."""
+
+    __slots__ = ("job",)
+
+    def __init__(self) -> None:
+        self.job: Job | None = None
+
+
 class Recorder:
     """The one way updates enter the store, so webhook and poll follow the same merge rules."""
 
@@ -56,17 +67,31 @@ class Recorder:
                          provider.name, update.external_id, ", ".join(update.ignored))
             self.metrics.count_ignored_fields(provider.name, update.ignored)
         received = isoformat(update.received_at)
+        before = _Before()
 
         def change(current: Job | None) -> Job | None:
+            before.job = current
             job = current or new_job(provider, update.external_id, now=received)
             return merge(job, update)
 
         applied = await self.store.apply(provider.name, update.external_id, change,
                                          source=source, received_at=received,
                                          dedupe_key=dedupe_key)
-        if applied.event is not None:
-            self._events(source).inc()
+        self._stored(applied, source, before)
         return applied
+
+    def _stored(self, applied: Applied, source: Source, before: _Before) -> None:
+        """Count the event `applied` made, and log the job's move when its state changed."""
+        if applied.event is None:
+            return
+        self._events(source).inc()
+        job, previous = applied.event.job, before.job
+        if (previous is None or previous.state is not job.state) and logger.isEnabledFor(
+                logging.INFO):
+            logger.info("job %s (%s) is %s", job.id, job.provider, job.state.value, extra={
+                "job_id": job.id, "provider": job.provider, "state": job.state.value,
+                "previous": previous.state.value if previous is not None else None,
+                "source": source.value})
 
     def _events(self, source: Source) -> Counter:
         # The labelled child is looked up once per source, not once per event.
@@ -82,8 +107,10 @@ class Recorder:
         under the merge rules (a terminal job stays as it is), its `provider_status` kept.
         A job the store does not hold is not started by this."""
         received = utcnow()
+        before = _Before()
 
         def change(current: Job | None) -> Job | None:
+            before.job = current
             if current is None:
                 return None
             status = current.provider_status
@@ -93,8 +120,7 @@ class Recorder:
 
         applied = await self.store.apply(provider.name, external_id, change, source=Source.POLL,
                                          received_at=isoformat(received))
-        if applied.event is not None:
-            self._events(Source.POLL).inc()
+        self._stored(applied, Source.POLL, before)
         return applied
 
     async def track(self, provider: ProviderConfig, external_id: str, *,
@@ -111,8 +137,7 @@ class Recorder:
 
         applied = await self.store.apply(provider.name, external_id, change, source=Source.API,
                                          received_at=now)
-        if applied.event is not None:
-            self._events(Source.API).inc()
+        self._stored(applied, Source.API, _Before())  # a new job: nothing before it
         return applied
 
     def _unknown_word(self, provider: str, word: str) -> None:

@@ -126,9 +126,12 @@ class Reporter:
 
 def _log(subscription: Subscription) -> None:
     h = subscription.health
+    fields = {"subscription_id": subscription.id, "status": h.status.value}
     if h.status is FAILING:
-        logger.info("subscription %s is failing: %s", subscription.id, h.last_error)
+        logger.info("subscription %s is failing: %s", subscription.id, h.last_error,
+                    extra={**fields, "consecutive_failures": h.consecutive_failures})
     elif h.status is DISABLED:
-        logger.info("subscription %s is disabled: %s", subscription.id, h.disabled_reason)
+        logger.info("subscription %s is disabled: %s", subscription.id, h.disabled_reason,
+                    extra=fields)
     else:
-        logger.info("subscription %s is active again", subscription.id)
+        logger.info("subscription %s is active again", subscription.id, extra=fields)

@@ -71,9 +71,14 @@ class Sender:
         self.key = signing_key(subscription.secret) or b""
 
     async def send(self, delivery: Delivery, client: Lane) -> Sent:
+        event = delivery.event
+        return await self.post(event.cursor, payload(event), client)
+
+    async def post(self, webhook_id: str, body: bytes, client: Lane) -> Sent:
+        """One signed POST of `body`."""
         at, started = isoformat(utcnow()), time.monotonic()
         try:
-            status, wait = await self._post(delivery.event, client)
+            status, wait = await self._post(webhook_id, body, client)
         except TargetError as exc:  # refused before any request was made
             return _failed(at, started, str(exc), "refused")
         except httpx.TimeoutException:
@@ -84,11 +89,11 @@ class Sender:
         attempt = Attempt(at, _since(started), status, error)
         return Sent(attempt, result_label(status), wait)
 
-    async def _post(self, event: Event, client: Lane) -> tuple[int, float | None]:
+    async def _post(self, webhook_id: str, body: bytes, client: Lane
+                    ) -> tuple[int, float | None]:
         target = await self.guard.target(self.subscription.url)
-        body = payload(event)
         headers = {**target.headers,
-                   **signed_headers(self.key, event.cursor, int(time.time()), body)}
+                   **signed_headers(self.key, webhook_id, int(time.time()), body)}
         request = client.build_request("POST", target.url, content=body, headers=headers,
                                        extensions=target.extensions)
         response = await client.send(request, stream=True)

@@ -48,10 +48,12 @@ import secrets
 import socket
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from relay.config import OutboundConfig
 from relay.errors import RelayError
 from relay.outbound import health
+from relay.outbound.announce import Announcer
 from relay.outbound.health import OpsCallback, Reporter
 from relay.outbound.policy import Policy
 from relay.outbound.subscriptions import config_subscriptions
@@ -92,6 +94,7 @@ class Outbound:
         self.guard = Guard(config.allow_private_targets)
         self.policy = Policy(config.delivery_max_age, config.delivery_retry_scale)
         self.reporter = Reporter(metrics, on_ops)
+        self.announcer = Announcer(self.outbox, self.guard, self.policy, metrics)
         self.configured = config_subscriptions(config)  # ConfigError for a bad one
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self.workers: dict[str, Running] = {}
@@ -107,11 +110,17 @@ class Outbound:
     async def stop(self) -> None:
         await cancel_all(self._tasks)
         self._tasks = []
+        await self.announcer.stop()
         held = list(self.workers)
         for subscription_id in held:
             await self._stop_worker(subscription_id)
         with contextlib.suppress(RelayError):
             await self.store.leases.release([LEASE + i for i in held], self.owner)
+
+    def announce(self, kind: str, data: dict[str, Any]) -> None:
+        """Send an operational event to the subscriptions that name `relay:ops`
+        (relay.outbound.announce)."""
+        self.announcer.announce(kind, data)
 
     def changed(self) -> None:
         """Subscriptions were added or removed here: look at them now."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import re
 import socket
 import time
 from collections.abc import Iterable
@@ -26,7 +27,7 @@ from typing import Any
 import httpx
 
 from relay.errors import TargetError
-from relay.limits import URL_LENGTH
+from relay.limits import URL_LENGTH, URL_PATTERN
 
 RESOLVE_TIMEOUT = 5.0
 RESOLVED_FOR = 10.0
@@ -47,6 +48,9 @@ class Target:
     extensions: dict[str, Any] = field(default_factory=dict)
 
 
+_URL = re.compile(URL_PATTERN)
+
+
 def url_problem(url: str) -> str | None:
     """Why `url` cannot be a webhook target at all (None: it can)."""
     if len(url) > URL_LENGTH:
@@ -59,6 +63,8 @@ def url_problem(url: str) -> str | None:
         return "expected an http:// or https:// URL with a host"
     if parsed.userinfo:
         return "credentials in the URL are not allowed; use a signed delivery"
+    if not _URL.fullmatch(url):
+        return "expected a host name in ASCII (punycode) or an IPv4 address, printable ASCII"
     return None
 
 

@@ -10,7 +10,7 @@ import logging
 import math
 import random
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from relay.config import ProviderConfig
 from relay.errors import ProviderError
@@ -134,6 +134,7 @@ class Gate:
         self.unauthorized: ProviderError | None = None
         self.unauthorized_since: str | None = None
         self.throttled_until = 0.0
+        self.throttled = False  # paused by a 429 or 503 since the last call that succeeded
         self.probing = False
         self._auth_pause = 0.0
         self._throttle_pause = 0.0
@@ -155,17 +156,26 @@ class Gate:
         if probe:
             self.probing = False
 
-    def throttle(self, retry_after: float | None, now: float) -> None:
+    def throttle(self, retry_after: float | None, now: float) -> bool:
+        """Pause for `retry_after` seconds; True when this begins a pause."""
         if retry_after is None:
             self._throttle_pause = min(max(self._throttle_pause * 2, self.fast), self.slow)
             retry_after = self._throttle_pause
+        begins = self.throttled_until <= now  # not a call that crossed the first 429
+        if begins:
+            until = isoformat(utcnow() + timedelta(seconds=retry_after))
+            logger.info("provider %s asks relay to wait: its polls pause until %s", self.name,
+                        until, extra={"provider": self.name, "until": until})
+        self.throttled = True
         self.throttled_until = max(self.throttled_until, now + retry_after)
         self.open_at = max(self.open_at, now + retry_after)
+        return begins
 
     def deny(self, error: ProviderError, now: float) -> None:
         if self.unauthorized is None:
             logger.error("provider %s will not serve the relay's account (%s); polling it is "
-                         "paused and probed until it does", self.name, error)
+                         "paused and probed until it does", self.name, error,
+                         extra={"provider": self.name, "status": error.status})
             self.unauthorized_since = isoformat(utcnow())
             self._auth_pause = self.fast
         elif self.probing:  # the probe failed too; calls that crossed the first 401 do not count
@@ -173,13 +183,21 @@ class Gate:
         self.unauthorized = error
         self.open_at = max(self.open_at, now + self._auth_pause)
 
-    def accept(self) -> None:
-        """A call succeeded: credentials work and the provider is not throttling."""
+    def accept(self) -> bool:
+        """A call succeeded: credentials work and the provider is not throttling. True when
+        the provider had been refusing the relay's account until now."""
         self._throttle_pause = 0.0
-        if self.unauthorized is not None:
-            logger.warning("provider %s serves the relay's account again", self.name)
-            self.unauthorized = None
-            self.unauthorized_since = None
+        if self.throttled:
+            self.throttled = False
+            logger.info("provider %s answers polls again after its pause", self.name,
+                        extra={"provider": self.name})
+        if self.unauthorized is None:
+            return False
+        logger.warning("provider %s serves the relay's account again", self.name,
+                       extra={"provider": self.name})
+        self.unauthorized = None
+        self.unauthorized_since = None
+        return True
 
 
 def seconds_since(stamp: str | None) -> float:

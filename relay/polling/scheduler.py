@@ -32,7 +32,9 @@ from relay.ingest.recorder import Recorder
 from relay.models import Event, Job, Source
 from relay.polling.deadlines import Deadlines
 from relay.polling.leases import PollLeases, lease_ttl
+from relay.polling.notices import AccountNotices
 from relay.polling.pollers import POLLERS, Poller, Services
+from relay.polling.pollers.base import Announce
 from relay.polling.schedule import Tracked
 from relay.runtime.metrics import Metrics
 from relay.runtime.tasks import cancel_all
@@ -51,16 +53,19 @@ class Scheduler:
 
     def __init__(self, providers: Providers, store: Store, recorder: Recorder,
                  clients: ProviderClients, metrics: Metrics, *, public_url: str = "",
-                 seed: int | None = None, lease_ttl_seconds: float | None = None) -> None:
+                 seed: int | None = None, lease_ttl_seconds: float | None = None,
+                 announce: Announce | None = None) -> None:
         self.providers = providers
         self.store = store
         self.recorder = recorder
         self.clients = clients
         self.metrics = metrics
-        self.services = Services(recorder, metrics, random.Random(seed), public_url)
+        self.leases = PollLeases(store.leases, lease_ttl_seconds or lease_ttl(providers))
+        self.notices = AccountNotices(store.leases, self.leases.owner, announce)
+        self.services = Services(recorder, metrics, random.Random(seed), public_url,
+                                 self.notices)
         self.pollers: dict[str, Poller] = {}
         self.deadlines = Deadlines(providers, recorder, metrics)
-        self.leases = PollLeases(store.leases, lease_ttl_seconds or lease_ttl(providers))
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -90,6 +95,7 @@ class Scheduler:
         self._tasks = []
         for poller in self.pollers.values():
             await poller.stop()
+        await self.notices.stop()
         await self._release_all()
 
     def nudge(self, provider: str, external_id: str) -> bool:

@@ -38,6 +38,13 @@ class Metrics:
             "relay_provider_unauthorized",
             "1 while a provider's account cannot call its API (401, 402, 403 to a poll): "
             "its polling is paused and probed", ["provider"], registry=r)
+        self.provider_pauses = Counter(
+            "relay_provider_pauses",
+            "Times a provider made relay pause its polls (429 or 503), by provider",
+            ["provider"], registry=r)
+        self.ops_events = Counter(
+            "relay_ops_events",
+            "Operational events told (topic relay:ops), by type", ["type"], registry=r)
         self.deadlines_exceeded = Counter(
             "relay_job_deadlines_exceeded",
             "Jobs failed with deadline_exceeded: not terminal max_job_age after tracking",

@@ -79,9 +79,13 @@ def bind(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
 
 def make_server(app: Any, owns_signals: bool = True, limits: ConnectionLimits | None = None,
                 **config: Any) -> Server:
-    """A server for `app` on the relay's HTTP protocol (uvicorn's, within `limits`)."""
+    """A server for `app` on the relay's HTTP protocol (uvicorn's, within `limits`). Uvicorn
+    configures no logging of its own (its lines go through relay.runtime.logs' handler) and
+    writes no access lines: relay writes its own (relay.runtime.access)."""
     limits = limits or ConnectionLimits()
     config.setdefault("log_level", "warning")
+    config.setdefault("log_config", None)
+    config.setdefault("access_log", False)
     config.setdefault("lifespan", "on")
     config.setdefault("timeout_graceful_shutdown", 5)
     config.setdefault("http", functools.partial(LimitedProtocol, limits=limits))

@@ -15,7 +15,7 @@ the store: relay.store.cursors), one older than it keeps `CursorExpired`.
 Every store owns two objects besides its log: `outbox` (relay.store.outbox: the outbound
 webhook subscriptions and the deliveries written in `apply`'s transaction) and `leases`
 (relay.store.leases: which instance does which piece of shared work; a store that serves one
-process grants everything to it).
+process grants everything to it). A store shared by processes is also a `Broadcast`.
 
 Retention (relay.store.retention) deletes finished jobs with `sweep`, a batch at a time; a
 backend that can give the freed space back to the system also implements `Compacting`.
@@ -24,7 +24,7 @@ backend that can give the freed space back to the system also implements `Compac
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Collection
+from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol, runtime_checkable
@@ -164,6 +164,20 @@ def _unix(value: str | None) -> float | None:
     except ValueError:
         return None
     return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+@runtime_checkable
+class Broadcast(Protocol):
+    """A store several processes share (Redis) that can tell all of them a message that is
+    not in the log: the operational events. What one `publish`es, every process's
+    `messages()` yields, its own included; a message published while a process is not
+    listening (reconnecting) is not yielded to it."""
+
+    async def publish(self, message: str) -> None:
+        """Send `message` to every process; StoreError when it cannot be sent."""
+
+    def messages(self) -> AsyncIterator[str]:
+        """The messages published from now on, for as long as it is iterated."""
 
 
 def open_store(url: str) -> Store:

@@ -52,13 +52,23 @@ Pick = Work | float | None
 @dataclass(frozen=True, slots=True)
 class Services:
     """What every poller is given besides its provider and client: where updates go, the
-    metrics, the randomness of its jitter, and the relay's public URL (a `generation` job
-    whose webhookUrl is not under it will never call back)."""
+    metrics, the randomness of its jitter, the relay's public URL (a `generation` job
+    whose webhookUrl is not under it will never call back), and who is told of account
+    trouble."""
 
     recorder: Recorder
     metrics: Metrics
     rng: random.Random
     public_url: str = ""
+    announce: Announce | None = None
+
+
+Announce = Callable[[str, dict[str, Any]], None]
+"""Told `(operational event type, the provider's JSON)`: relay.provider.unauthorized when a
+provider starts refusing the relay's account, relay.provider.recovered when it serves it
+again; once per change of this poller's gate (relay.polling.notices makes it once across
+instances)."""
+UNAUTHORIZED, RECOVERED = "relay.provider.unauthorized", "relay.provider.recovered"
 
 
 ACCOUNT_TROUBLE = {402: "payment_required"}
@@ -73,6 +83,7 @@ class Poller:
         self.provider = provider
         self.client = client
         self.recorder = services.recorder
+        self.announce = services.announce
         self.metrics = metrics = services.metrics
         self.pacing = Pacing(provider, services.rng)
         self.gate = Gate(provider)
@@ -83,6 +94,7 @@ class Poller:
         self._tasks: set[asyncio.Task[None]] = set()
         self._jobs_gauge = metrics.polled_jobs.labels(provider.name)
         self._auth_gauge = metrics.provider_unauthorized.labels(provider.name)
+        self._pauses = metrics.provider_pauses.labels(provider.name)
 
     # -- what the scheduler tells it ---------------------------------------------------------
 
@@ -258,11 +270,15 @@ class Poller:
         """Close the gate for trouble of the whole provider (429, 503; 401, 402, 403)."""
         now = time.monotonic()
         if said is Meaning.THROTTLED:
-            self.gate.throttle(error.retry_after, now)
+            if self.gate.throttle(error.retry_after, now):
+                self._pauses.inc()
             return True
         if said is Meaning.ACCOUNT:
+            first = self.gate.unauthorized is None
             self.gate.deny(error, now)
             self._auth_gauge.set(1)
+            if first:
+                self._tell(UNAUTHORIZED)
             return True
         return False
 
@@ -293,8 +309,14 @@ class Poller:
         self.settle(tracked, self.pacing.after_failure(tracked))
 
     def accepted(self) -> None:
-        self.gate.accept()
-        self._auth_gauge.set(0)
+        if self.gate.accept():
+            self._auth_gauge.set(0)
+            self._tell(RECOVERED)
+
+    def _tell(self, kind: str) -> None:
+        if self.announce is not None:
+            self.announce(kind, {"provider": self.provider.name,
+                                 "schema": self.provider.schema.value, **self.health()})
 
     def until_open(self) -> float:
         return max(0.0, self.gate.open_at - time.monotonic())

@@ -545,6 +545,26 @@ class RedisStore(Store):
             async with asyncio.timeout(timeout):
                 await changed.wait()
 
+    async def publish(self, message: str) -> None:
+        async with translated():
+            await self.redis.publish(self._key("ops"), message)
+
+    async def messages(self) -> AsyncIterator[str]:
+        """Pub/sub on `ops`; after an error it subscribes again (what was published in
+        between is not yielded)."""
+        while not self._closing:
+            try:
+                async with translated(), self.redis.pubsub(
+                        ignore_subscribe_messages=True) as pubsub:
+                    await pubsub.subscribe(self._key("ops"))
+                    while not self._closing:
+                        message = await pubsub.get_message(timeout=READ_BLOCK)
+                        if message is not None and message["type"] == "message":
+                            yield str(message["data"])
+            except StoreError:
+                logger.exception("could not listen for operational events on Redis; retrying")
+                await asyncio.sleep(1)
+
     async def _read_loop(self) -> None:
         """The one reader of the log in this instance: every event, once, into the tail that
         the hub, the scheduler and outbound read from (relay.store.follow)."""
