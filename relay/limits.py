@@ -37,9 +37,17 @@ DELIVERIES_PAGE_DEFAULT = 100
 DELIVERIES_PAGE_MAX = 500
 URL_LENGTH = 2048
 _PORT = "6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4}"
-URL_PATTERN = f"^https?://[A-Za-z0-9.-]+(:({_PORT}))?" r"([/?#][!-~]*)?$"
-"""An outbound target: http or https, a host name in ASCII (punycode for others) or an IPv4
-address, a port, printable ASCII after it."""
+_OCTET = "(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])"
+_IPV4 = rf"{_OCTET}(\.{_OCTET}){{3}}"
+_H16, _LS32 = "[0-9A-Fa-f]{1,4}", f"([0-9A-Fa-f]{{1,4}}:[0-9A-Fa-f]{{1,4}}|{_IPV4})"
+_IPV6 = "|".join([  # RFC 3986's IPv6address, one line per place the "::" may stand
+    f"({_H16}:){{6}}{_LS32}", f"::({_H16}:){{5}}{_LS32}", f"({_H16})?::({_H16}:){{4}}{_LS32}",
+    *(f"(({_H16}:){{0,{n}}}{_H16})?::({_H16}:){{{3 - n}}}{_LS32}" for n in (1, 2)),
+    f"(({_H16}:){{0,3}}{_H16})?::{_H16}:{_LS32}", f"(({_H16}:){{0,4}}{_H16})?::{_LS32}",
+    f"(({_H16}:){{0,5}}{_H16})?::{_H16}", f"(({_H16}:){{0,6}}{_H16})?::"])
+URL_PATTERN = (rf"^https?://([A-Za-z0-9.-]+|\[({_IPV6})\])(:({_PORT}))?" r"([/?#][!-~]*)?$")
+"""An outbound target: http or https, a host name in ASCII (punycode for others) or an IP
+address (IPv6 in brackets), a port, printable ASCII after it."""
 """Characters in an outbound webhook URL."""
 MESSAGE_ID_LENGTH = 256
 """Characters of a `webhook-id` kept to recognise a redelivery."""

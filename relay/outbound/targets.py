@@ -64,7 +64,7 @@ def url_problem(url: str) -> str | None:
     if parsed.userinfo:
         return "credentials in the URL are not allowed; use a signed delivery"
     if not _URL.fullmatch(url):
-        return "expected a host name in ASCII (punycode) or an IPv4 address, printable ASCII"
+        return "expected a host name in ASCII (punycode) or an IP address, printable ASCII"
     return None
 
 
