@@ -1,6 +1,8 @@
 """The SSE wire format, written in one place: every byte a stream sends is made here.
 
-An event is encoded once, into a `Frame`, and the same bytes go to every subscriber. `id` and
+An event is encoded once, into a `Frame`, and the same bytes go to every subscriber: `data` for
+a stream that sends through the server, `chunk` (the same, framed as an HTTP/1.1 chunk) for one
+the hub writes to its connection itself. `id` and
 `event` lines are checked: a CR, LF or NUL in them would let a value end its line early and
 forge fields, so they are refused (cursors and event names are the relay's own, so this never
 happens unless something is badly wrong).
@@ -28,6 +30,12 @@ class Frame:
     version: int
     terminal: bool
     data: bytes
+    chunk: bytes
+
+
+def chunked(data: bytes) -> bytes:
+    """`data` as one chunk of an HTTP/1.1 `Transfer-Encoding: chunked` body."""
+    return b"%x\r\n%b\r\n" % (len(data), data)
 
 
 def message(data: str, *, event: str | None = None, id: str | None = None) -> bytes:
@@ -46,7 +54,7 @@ def encode(event: Event) -> Frame:
     job = event.job
     body = json.dumps(job.to_dict(), separators=(",", ":"))
     data = message(body, event=JOB_UPDATED, id=event.cursor)
-    return Frame(event.cursor, job.id, job.version, job.terminal, data)
+    return Frame(event.cursor, job.id, job.version, job.terminal, data, chunked(data))
 
 
 def reset(reason: str) -> bytes:
@@ -58,5 +66,5 @@ def reset(reason: str) -> bytes:
 RETRY = f"retry: {RETRY_MS}\n\n".encode()
 """How long a browser waits before it reconnects."""
 
-HEARTBEAT = Frame("", "", 0, False, b": heartbeat\n\n")
+HEARTBEAT = Frame("", "", 0, False, b": heartbeat\n\n", chunked(b": heartbeat\n\n"))
 """A comment that keeps idle streams open through proxies; not an event."""
