@@ -139,35 +139,42 @@ class Socket(Subscriber):
 class Stream:
     """An opened stream: subscribed, its first page read, its response not begun."""
 
-    __slots__ = ("backlog", "hub", "store", "subscriber", "transport")
+    __slots__ = ("backlog", "headers", "hub", "store", "subscriber", "transport")
 
     def __init__(self, hub: Hub, store: Store, subscriber: Socket | Queued,
-                 backlog: resume.Backlog, transport: Transport | None) -> None:
+                 backlog: resume.Backlog, transport: Transport | None,
+                 headers: list[tuple[bytes, bytes]]) -> None:
         self.hub = hub
         self.store = store
         self.subscriber = subscriber
         self.backlog: resume.Backlog | None = backlog
         self.transport = transport
+        self.headers = headers
 
-    async def respond(self, receive: Receive, send: Send,
-                      headers: Sequence[tuple[bytes, bytes]]) -> None:
-        """The whole response; the subscription is released when it ends, however it ends."""
+    async def start(self, receive: Receive, send: Send) -> bool:
+        """Send the head and the backlog; True when the hub now writes to the connection
+        and the response is over once `receive()` says `http.disconnect` (when the connection
+        is lost, or, under uvicorn, once the hub has ended the response). False when the
+        response is over already (a single-job stream's backlog ended it, or the stream was
+        served through `send` to the end). Then, in any case, `release()`."""
         subscriber = self.subscriber
-        try:
-            await send({"type": "http.response.start", "status": 200,
-                        "headers": [*HEADERS, *headers]})
-            if await self._send_backlog(send):
-                await send(END)
-            elif isinstance(subscriber, Socket) and self.transport is not None:
-                subscriber.attach(self.transport, send)
-                await _until_disconnected(receive)
-            else:
-                assert isinstance(subscriber, Queued)
-                await _relay(self.hub, subscriber, receive, send)
-        finally:
-            # Ended by the hub, the client, or an error: a reset is right for the last two,
-            # and does nothing to a connection that is gone or a response that is complete.
-            self.hub.unsubscribe(subscriber, abort=True)
+        headers, self.headers = self.headers, []
+        await send({"type": "http.response.start", "status": 200, "headers": HEADERS + headers})
+        if await self._send_backlog(send):
+            await send(END)
+            return False
+        transport, self.transport = self.transport, None
+        if isinstance(subscriber, Socket) and transport is not None:
+            subscriber.attach(transport, send)
+            return True
+        assert isinstance(subscriber, Queued)
+        await _relay(self.hub, subscriber, receive, send)
+        return False
+
+    def release(self) -> None:
+        """Ended by the hub, the client, or an error: a reset is right for the last two, and
+        does nothing to a connection that is gone or a response that is complete."""
+        self.hub.unsubscribe(self.subscriber, abort=True)
 
     async def _send_backlog(self, send: Send) -> bool:
         """Send the backlog; True when it ended a single-job stream."""
@@ -192,10 +199,12 @@ class Streams:
         self.snapshots = resume.Snapshots(store)
 
     async def open(self, scope: Scope, receive: Receive, topics: Sequence[str],
-                   last_id: str | None, finished: bool | None) -> Stream | None:
-        """A stream of `topics`, subscribed before its first page is read. `finished` is,
-        for a single-job stream, whether the job is terminal: resuming it with nothing
-        after `last_id` is None (answer 204, which tells a browser to stop)."""
+                   last_id: str | None, finished: bool | None,
+                   headers: list[tuple[bytes, bytes]]) -> Stream | None:
+        """A stream of `topics`, subscribed before its first page is read, whose response
+        will carry `headers` too. `finished` is, for a single-job stream, whether the job is
+        terminal: resuming it with nothing after `last_id` is None (answer 204, which tells
+        a browser to stop)."""
         transport = _transport(scope, receive)
         single_job = finished is not None
         subscriber: Socket | Queued = (Socket(topics, single_job) if transport is not None
@@ -209,12 +218,10 @@ class Streams:
         if finished and last_id is not None and not backlog.first:
             self.hub.unsubscribe(subscriber)
             return None
-        return Stream(self.hub, self.store, subscriber, backlog, transport)
+        return Stream(self.hub, self.store, subscriber, backlog, transport, headers)
 
 
 async def _until_disconnected(receive: Receive) -> None:
-    # `http.disconnect` comes when the connection is lost, or (uvicorn) once the response
-    # is complete: the hub ended it.
     while (await receive())["type"] != "http.disconnect":
         pass
 

@@ -60,19 +60,32 @@ class Events:
                        ) -> None:
         """`GET /v1/jobs/{id}/events` (one job, closed after its terminal event) and
         `GET /v1/events?topic=…&job=…` (many jobs at once)."""
-        request = Request(scope)
-        rid = valid_request_id(request.headers.get("x-request-id", "")) or request_id()
-        scope.setdefault("state", {})["request_id"] = rid
+        answer = await self._answer(scope, receive)
+        if not isinstance(answer, Stream):
+            await answer(scope, receive, send)
+            return
         try:
-            stream = await self._open(request, receive)
+            if await answer.start(receive, send):
+                # The hub writes to the connection: what remains of the stream is this one
+                # wait, in this one frame, per open stream.
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+        finally:
+            answer.release()
+
+    async def _answer(self, scope: MutableMapping[str, Any], receive: Receive
+                      ) -> Stream | Response:
+        given = next((v for k, v in scope["headers"] if k == b"x-request-id"), b"")
+        rid = valid_request_id(given.decode("latin-1")) or request_id()
+        request = Request(scope)
+        try:
+            stream = await self._open(request, receive, [(b"x-request-id", rid.encode())])
         except Exception as exc:  # every error becomes an answer in the envelope
-            response = await error_for(request, exc)
-        else:
-            if stream is not None:
-                await stream.respond(receive, send, [(b"x-request-id", rid.encode())])
-                return
-            response = Response(status_code=204, headers={"x-request-id": rid})
-        await response(scope, receive, send)
+            scope.setdefault("state", {})["request_id"] = rid  # (kept only when needed)
+            return await error_for(request, exc)
+        if stream is None:  # tells the browser to stop reconnecting
+            return Response(status_code=204, headers={"x-request-id": rid})
+        return stream
 
     async def create_token(self, request: Request) -> Response:
         """`POST /v1/tokens {"jobs", "topics", "ttl"}`: a token a browser can subscribe with."""
@@ -88,7 +101,8 @@ class Events:
         token, expires = self.tokens.subscribe_token(jobs, topics, ttl)
         return JSONResponse({"token": token, "expires_at": expires}, status_code=201)
 
-    async def _open(self, request: Request, receive: Receive) -> Stream | None:
+    async def _open(self, request: Request, receive: Receive,
+                    headers: list[tuple[bytes, bytes]]) -> Stream | None:
         match = STREAM_PATH.fullmatch(request.scope["path"])
         if request.method != "GET" or match is None:
             raise ApiError("only GET is allowed here", status=405, code="method_not_allowed")
@@ -97,11 +111,11 @@ class Events:
         if match[1] is not None:
             job = await self._visible_job(grant, match[1])
             return await self.streams.open(request.scope, receive, [f"job:{job.id}"], last_id,
-                                           finished=job.terminal)
+                                           job.terminal, headers)
         topics = _topics(request)
         for topic in topics:
             await self._check_topic(grant, topic)
-        return await self.streams.open(request.scope, receive, topics, last_id, finished=None)
+        return await self.streams.open(request.scope, receive, topics, last_id, None, headers)
 
     async def _visible_job(self, grant: Grant, job_id: str) -> Job:
         job = await self.store.get(job_id)
