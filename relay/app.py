@@ -23,11 +23,11 @@ from starlette.applications import Starlette
 
 from relay.config import Settings
 from relay.fanout.hub import Hub
+from relay.fanout.stream import Streams
 from relay.http import RelayApp, application
 from relay.http.auth import Access
 from relay.http.dashboard import Dashboard
 from relay.http.events import Events
-from relay.http.hooks import PREFIX as HOOKS_PREFIX
 from relay.http.hooks import Hooks
 from relay.http.jobs import Jobs
 from relay.http.operations import Operations
@@ -102,15 +102,16 @@ def create_app(settings: Settings, *, store: Store | None = None,
             yield
 
     hooks = Hooks(ingest, server.max_body)
+    events = Events(store, Streams(hub, store), access, tokens)
     app = application([
         Dashboard(list(providers), access, tokens),
         Operations(store, metrics, scheduler.problems),
         Pages(),
         hooks,
         Jobs(store, hub, access, tracking, cancel),
-        Events(store, hub, access, tokens),
+        events,
         Subscriptions(store.outbox, access, outbound),
-    ], cors_origins=server.cors_origins, lifespan=lifespan, fast=[(HOOKS_PREFIX, hooks)])
+    ], cors_origins=server.cors_origins, lifespan=lifespan, fast=[hooks, events])
     app.state.stopping = hub.stopping
     app.state.store = store
     app.state.outbound = outbound

@@ -1,16 +1,16 @@
 """The hub: one reader of the store's event log per process, feeding every local subscriber.
 
-Each event is encoded as an SSE message once and the same bytes go to every subscriber whose
-topics it carries. A subscriber's queue is bounded; one that falls behind is dropped (its
-stream ends and the browser resumes with Last-Event-ID) rather than slowing anyone else.
-A subscriber that is no longer registered is always closed: `unsubscribe` closes it, and
-closing tells its stream to stop (through the queue, and through `on_close` for a stream
-that is stuck sending to a client that does not read).
+Each event is encoded once (`wire.encode`, which also frames it as an HTTP chunk) and handed to
+every subscriber whose topics it carries, found by a dict lookup per topic. What a subscriber
+does with it is its own: a stream under uvicorn writes the chunk to its connection at once
+(`stream.Socket`, no task or queue per subscriber), a long-poll or a stream under another
+server puts it on a bounded mailbox (`Queued`). One that is not keeping up says so and is
+dropped (its stream ends and the browser resumes with Last-Event-ID) rather than slowing anyone
+else. A single-job subscriber is let go after its job's terminal event.
 
-Every `heartbeat` seconds the hub puts a heartbeat frame on every queue (one timer for the
-process, none per stream) and drops any subscriber whose stream has been stuck in one send
-for more than STALL_TIMEOUT: a client that stopped reading between events, so its queue
-never filled.
+Every `heartbeat` seconds the hub gives every subscriber a heartbeat (one timer for the
+process, none per stream); a stream whose client has read nothing since the last beats
+(`stream.STALL_TIMEOUT`) is dropped then.
 
 A hub that falls further behind than the store keeps events (Redis retention, after a long
 stall) cannot deliver what was trimmed: it closes every local subscriber, whose browsers
@@ -23,11 +23,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sys
 from collections import deque
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Collection, Iterable
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from relay.errors import StoreError
 from relay.fanout.wire import HEARTBEAT, Frame, encode, operational
@@ -40,7 +40,47 @@ from relay.store.follow import Gap, follow
 logger = logging.getLogger(__name__)
 
 QUEUE_SIZE = 256
-STALL_TIMEOUT = 30.0
+
+S = TypeVar("S", bound="Subscriber")
+
+
+class Subscriber:
+    """What the hub delivers to. `seen` holds the versions a stream's backlog sent, so the live
+    frames it also got are not sent twice (a job's versions only go up)."""
+
+    __slots__ = ("closed", "seen", "single_job", "topics")
+
+    def __init__(self, topics: Iterable[str], single_job: bool = False) -> None:
+        # A tuple is a quarter of a frozenset's size, and thousands of streams of one topic
+        # share its string.
+        self.topics = tuple(dict.fromkeys(map(sys.intern, topics)))
+        self.single_job = single_job
+        self.seen: dict[str, int] | None = None
+        self.closed = False
+
+    def deliver(self, frame: Frame) -> bool:
+        """Take `frame`; False when the subscriber is not keeping up (the hub drops it)."""
+        raise NotImplementedError
+
+    def beat(self, now: float) -> bool:
+        """A heartbeat at loop time `now`; False when the subscriber has stalled."""
+        return self.deliver(HEARTBEAT)
+
+    def close(self, abort: bool = False) -> None:
+        """The hub lets go: end after what was delivered, or (`abort`) at once."""
+        self.closed = True
+
+    def fresh(self, frame: Frame) -> bool:
+        """Whether a live frame is new to this subscriber. Only jobs the backlog sent can
+        repeat, and once a newer frame of one arrives none can again: its entry is forgotten,
+        so `seen` never outgrows the backlog."""
+        seen = self.seen
+        if seen is None or (version := seen.get(frame.job_id)) is None:
+            return True
+        if frame.version <= version:
+            return False
+        del seen[frame.job_id]
+        return True
 
 
 class Mailbox:
@@ -62,9 +102,10 @@ class Mailbox:
         self._wake()
         return True
 
-    def close(self) -> None:
-        """Replace whatever waits with `None`, which tells the reader to stop."""
-        self._frames.clear()
+    def close(self, discard: bool) -> None:
+        """Add `None`, which tells the reader to stop; `discard`: instead of what waits."""
+        if discard:
+            self._frames.clear()
         self._frames.append(None)
         self._wake()
 
@@ -91,26 +132,23 @@ class Mailbox:
             self._waiter.set_result(None)
 
 
-@dataclass(eq=False)
-class Subscriber:
-    """A local stream's mailbox. `None` in it means: stop (dropped or shutting down).
+class Queued(Subscriber):
+    """A subscriber read by a task of its own: a long-poll, or a stream the hub cannot write
+    to itself. `None` in its mailbox means: stop."""
 
-    `on_close` is called once when it closes, from whichever task closes it. A stream sets
-    `busy_since` (the loop's clock) while it waits on a send, for the hub's stall check."""
+    __slots__ = ("mailbox",)
 
-    topics: frozenset[str]
-    mailbox: Mailbox = field(default_factory=Mailbox)
-    closed: bool = False
-    on_close: Callable[[], None] | None = None
-    busy_since: float | None = None
+    def __init__(self, topics: Iterable[str], single_job: bool = False) -> None:
+        super().__init__(topics, single_job)
+        self.mailbox = Mailbox()
 
-    def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        self.mailbox.close()
-        if self.on_close is not None:
-            self.on_close()
+    def deliver(self, frame: Frame) -> bool:
+        return not self.fresh(frame) or self.mailbox.put(frame)
+
+    def close(self, abort: bool = False) -> None:
+        if not self.closed:
+            self.closed = True
+            self.mailbox.close(discard=abort)
 
 
 class Hub:
@@ -120,9 +158,12 @@ class Hub:
         self.heartbeat = heartbeat
         self.stopping = asyncio.Event()
         self._by_topic: dict[str, set[Subscriber]] = {}
-        self._all: set[Subscriber] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._publishing: set[asyncio.Task[None]] = set()
+
+    def subscribers(self) -> set[Subscriber]:
+        """Every subscriber, once (a copy)."""
+        return set().union(*self._by_topic.values())
 
     async def start(self) -> None:
         cursor = await self.store.last_cursor()
@@ -143,48 +184,43 @@ class Hub:
         await self.stopping.wait()
         self._close_all()
 
-    def subscribe(self, topics: Iterable[str]) -> Subscriber:
-        subscriber = Subscriber(frozenset(topics))
-        if self.stopping.is_set():
+    def subscribe(self, subscriber: S) -> S:
+        if self.stopping.is_set() or not subscriber.topics:
             subscriber.close()
             return subscriber
         for topic in subscriber.topics:
             self._by_topic.setdefault(topic, set()).add(subscriber)
-        self._all.add(subscriber)
         self.metrics.subscribers.inc()
         return subscriber
 
-    def unsubscribe(self, subscriber: Subscriber) -> None:
+    def unsubscribe(self, subscriber: Subscriber, abort: bool = False) -> None:
         """Stop delivering to `subscriber` and close it; safe to call more than once."""
-        subscriber.close()
-        if subscriber not in self._all:
+        if subscriber not in self._by_topic.get(next(iter(subscriber.topics), ""), ()):
+            subscriber.close(abort)
             return
-        self._all.discard(subscriber)
         for topic in subscriber.topics:
             members = self._by_topic[topic]
             members.discard(subscriber)
             if not members:
                 del self._by_topic[topic]
         self.metrics.subscribers.dec()
+        subscriber.close(abort)
 
     async def _beat(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self.heartbeat)
-            stalled_before = loop.time() - STALL_TIMEOUT
-            for subscriber in list(self._all):
-                busy = subscriber.busy_since
-                if busy is not None and busy < stalled_before:
-                    self._drop(subscriber, f"stuck in one send for {STALL_TIMEOUT:.0f} s")
-                else:
-                    self._put(subscriber, HEARTBEAT)
+            now = loop.time()
+            for subscriber in self.subscribers():
+                if not subscriber.beat(now):
+                    self._drop(subscriber, "its client has read nothing for a while")
 
     async def _follow(self, cursor: str | None) -> None:
         async for page in follow(self.store, cursor):
             if isinstance(page, Gap):
                 logger.warning("the hub lost its place in the store's log (%s); its %d "
                                "subscribers resume from their Last-Event-ID", page.reason,
-                               len(self._all))
+                               len(self.subscribers()))
                 self._close_all()
                 continue
             now = utcnow()
@@ -192,14 +228,15 @@ class Hub:
                 self._dispatch(event, now)
 
     def _dispatch(self, event: Event, now: datetime) -> None:
-        targets: set[Subscriber] = set()
-        for topic in event.job.topics:
-            targets.update(self._by_topic.get(topic, ()))
+        targets = self._targets(event.job.topics)
         if not targets:
             return
         frame = encode(event)
         for subscriber in targets:
-            self._put(subscriber, frame)
+            if not subscriber.deliver(frame):
+                self._drop(subscriber, "it is not keeping up")
+            elif frame.terminal and subscriber.single_job:
+                self.unsubscribe(subscriber)
         lag = (now - datetime.fromisoformat(event.received_at)).total_seconds()
         self.metrics.delivery_lag.observe(max(lag, 0.0))
 
@@ -231,22 +268,26 @@ class Hub:
                                message)
 
     def _tell(self, kind: str, data: dict[str, Any]) -> None:
-        targets = self._by_topic.get(OPS_TOPIC)
+        targets = self._targets([OPS_TOPIC])
         if not targets:
             return
         frame = operational(kind, data)
-        for subscriber in list(targets):
-            self._put(subscriber, frame)
+        for subscriber in targets:
+            if not subscriber.deliver(frame):
+                self._drop(subscriber, "it is not keeping up")
 
-    def _put(self, subscriber: Subscriber, frame: Frame) -> None:
-        if not subscriber.mailbox.put(frame):
-            self._drop(subscriber, f"{QUEUE_SIZE} frames behind")
+    def _targets(self, topics: Iterable[str]) -> Collection[Subscriber]:
+        """Every subscriber of any of `topics`, once; a copy, as delivering can unsubscribe."""
+        found = [members for topic in topics if (members := self._by_topic.get(topic))]
+        if len(found) == 1:
+            return list(found[0])
+        return set().union(*found)
 
     def _drop(self, subscriber: Subscriber, why: str) -> None:
-        logger.info("dropping a subscriber that is not keeping up: %s", why)
+        logger.info("dropping a subscriber: %s", why)
         self.metrics.dropped_subscribers.inc()
-        self.unsubscribe(subscriber)
+        self.unsubscribe(subscriber, abort=True)
 
     def _close_all(self) -> None:
-        for subscriber in list(self._all):
+        for subscriber in self.subscribers():
             self.unsubscribe(subscriber)

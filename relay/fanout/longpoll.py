@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from relay.fanout.hub import Hub
+from relay.fanout.hub import Hub, Queued
 from relay.models import Job
 from relay.store import Store
 
@@ -28,7 +28,7 @@ async def until_terminal(store: Store, hub: Hub, job_id: str, timeout: float) ->
 async def _next_terminal(store: Store, hub: Hub, job_id: str, timeout: float) -> Job | None:
     """The job once a terminal event arrives, or the timeout passes, or the hub lets go
     of the subscription (dropped or stopping; the caller decides whether to go on)."""
-    subscriber = hub.subscribe([f"job:{job_id}"])
+    subscriber = hub.subscribe(Queued([f"job:{job_id}"]))
     try:
         job = await store.get(job_id)  # read after subscribing: no change falls between
         if job is None or job.terminal:

@@ -1,6 +1,8 @@
 """The SSE wire format, written in one place: every byte a stream sends is made here.
 
-An event is encoded once, into a `Frame`, and the same bytes go to every subscriber. `id` and
+An event is encoded once, into a `Frame`, and the same bytes go to every subscriber: `data` for
+a stream that sends through the server, `chunk` (the same, framed as an HTTP/1.1 chunk) for one
+the hub writes to its connection itself. `id` and
 `event` lines are checked: a CR, LF or NUL in them would let a value end its line early and
 forge fields, so they are refused (cursors and event names are the relay's own, so this never
 happens unless something is badly wrong).
@@ -29,6 +31,12 @@ class Frame:
     version: int
     terminal: bool
     data: bytes
+    chunk: bytes
+
+
+def chunked(data: bytes) -> bytes:
+    """`data` as one chunk of an HTTP/1.1 `Transfer-Encoding: chunked` body."""
+    return b"%x\r\n%b\r\n" % (len(data), data)
 
 
 def message(data: str, *, event: str | None = None, id: str | None = None) -> bytes:
@@ -47,14 +55,15 @@ def encode(event: Event) -> Frame:
     job = event.job
     body = json.dumps(job.to_dict(), separators=(",", ":"))
     data = message(body, event=JOB_UPDATED, id=event.cursor)
-    return Frame(event.cursor, job.id, job.version, job.terminal, data)
+    return Frame(event.cursor, job.id, job.version, job.terminal, data, chunked(data))
 
 
 def operational(kind: str, data: dict[str, Any]) -> Frame:
     """An operational event (`relay.subscription.failing`, …): no `id:`, since it is not in
     the store's log, so a client's Last-Event-ID stays the last job event it had."""
     body = json.dumps(data, separators=(",", ":"), default=str)
-    return Frame("", "", 0, False, message(body, event=kind))
+    framed = message(body, event=kind)
+    return Frame("", "", 0, False, framed, chunked(framed))
 
 
 def reset(reason: str) -> bytes:
@@ -66,5 +75,5 @@ def reset(reason: str) -> bytes:
 RETRY = f"retry: {RETRY_MS}\n\n".encode()
 """How long a browser waits before it reconnects."""
 
-HEARTBEAT = Frame("", "", 0, False, b": heartbeat\n\n")
+HEARTBEAT = Frame("", "", 0, False, b": heartbeat\n\n", chunked(b": heartbeat\n\n"))
 """A comment that keeps idle streams open through proxies; not an event."""

@@ -26,17 +26,28 @@ class Resource(Protocol):
     def routes(self) -> Sequence[BaseRoute]: ...
 
 
-ASGIApp = Callable[[MutableMapping[str, Any], Callable[[], Awaitable[Any]],
-                    Callable[[Any], Awaitable[None]]], Awaitable[None]]
+Scope = MutableMapping[str, Any]
+ASGIApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]],
+                   Awaitable[None]]
+
+
+class FastApp(Protocol):
+    """A plain ASGI app for the requests it `serves`, which sets the request id and answers
+    errors in the envelope itself."""
+
+    def serves(self, scope: Scope) -> bool: ...
+
+    async def __call__(self, scope: Scope, receive: Callable[[], Awaitable[Any]],
+                       send: Callable[[Any], Awaitable[None]]) -> None: ...
 
 
 class RelayApp(Starlette):
-    """Starlette, except that a request whose path starts with one of `fast`'s prefixes goes
-    straight to that prefix's ASGI app: a webhook needs none of the router's and the
-    middlewares' work, which took more of its time than storing it (its handler sets the
-    request id and the error envelope itself)."""
+    """Starlette, except that a request one of the `fast` apps serves goes straight to it
+    (through CORS, when configured): a webhook needs none of the router's and the
+    middlewares' work, which took more of its time than storing it, and an SSE stream keeps
+    its response task, and whatever the middlewares hold, for as long as it is open."""
 
-    fast: Sequence[tuple[str, ASGIApp]] = ()
+    fast: Sequence[tuple[Callable[[Scope], bool], ASGIApp]] = ()
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -47,30 +58,29 @@ class RelayApp(Starlette):
             await self._http(scope, receive, send)
 
     async def _http(self, scope: Any, receive: Any, send: Any) -> None:
-        path = scope["path"]
-        for prefix, app in self.fast:
-            if path.startswith(prefix):
+        for serves, app in self.fast:
+            if serves(scope):
                 await app(scope, receive, send)
                 return
         await super().__call__(scope, receive, send)
 
 
 def application(resources: Sequence[Resource], *, cors_origins: Sequence[str],
-                lifespan: Any, fast: Sequence[tuple[str, ASGIApp]] = ()) -> RelayApp:
+                lifespan: Any, fast: Sequence[FastApp] = ()) -> RelayApp:
     """The ASGI app serving `resources`; `lifespan(app)` starts and stops the services;
-    `fast` are the (path prefix, ASGI app) pairs served before the router."""
+    `fast` are served before the router."""
     routes = by_path([route for resource in resources for route in resource.routes()])
     middleware = [Middleware(RequestIdMiddleware)]
+    cors: dict[str, Any] = {
+        "allow_origins": list(cors_origins), "allow_methods": ["GET", "POST", "DELETE"],
+        "allow_headers": ["*"], "expose_headers": ["X-Request-ID"]}
     if cors_origins:
-        middleware.append(Middleware(
-            CORSMiddleware, allow_origins=list(cors_origins),
-            allow_methods=["GET", "POST", "DELETE"], allow_headers=["*"],
-            expose_headers=["X-Request-ID"]))
+        middleware.append(Middleware(CORSMiddleware, **cors))
     app = RelayApp(routes=routes, middleware=middleware, lifespan=lifespan,
                    exception_handlers=dict(HANDLERS))
-    app.fast = tuple(fast)
+    app.fast = tuple((handler.serves, CORSMiddleware(handler, **cors) if cors_origins
+                      else handler) for handler in fast)
     return app
-
 
 
 def by_path(routes: Sequence[BaseRoute]) -> list[BaseRoute]:
@@ -99,4 +109,4 @@ def _one_route(path: str, routes: list[Route]) -> Route:
     return Route(path, endpoint, methods=sorted(handlers))
 
 
-__all__ = ["RelayApp", "Resource", "application", "by_path"]
+__all__ = ["FastApp", "RelayApp", "Resource", "application", "by_path"]

@@ -119,6 +119,12 @@ HANDLERS: Mapping[Any, Handler] = {
 """Starlette's exception handlers: each error of the relay, answered in the envelope."""
 
 
+async def error_for(request: Request, exc: Exception) -> Response:
+    """The answer to `exc`, for a plain ASGI app that Starlette's handlers do not wrap."""
+    handler = next(HANDLERS[cls] for cls in type(exc).__mro__ if cls in HANDLERS)
+    return await handler(request, exc)
+
+
 class RequestIdMiddleware:
     """Gives every request an id (the caller's `X-Request-ID` when sane) and echoes it."""
 

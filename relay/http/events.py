@@ -8,53 +8,84 @@ A stream is authorised by `?token=` (what a browser's EventSource can send) or a
 first page of its backlog is read before the response starts (relay.fanout.resume), so a
 finished job's stream is a 204, which tells a browser to stop, not a stream that breaks after
 its headers.
+
+The streams are a plain ASGI app, reached before Starlette's router and its request-id
+middleware (relay.http.RelayApp): thousands of browsers connect at once, and a stream's
+response task lives as long as it does. It sets the request id and answers errors in the
+envelope itself; CORS stays Starlette's.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import MutableMapping
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from relay.errors import ApiError
-from relay.fanout import resume
-from relay.fanout.hub import Hub
-from relay.fanout.stream import EventStream
+from relay.fanout.stream import Receive, Send, Stream, Streams
 from relay.http.auth import Access
+from relay.http.errors import error_for, valid_request_id
 from relay.http.requests import invalid, read_object, topics_field
 from relay.limits import TEXT_LENGTH, TOKEN_TTL, TOKEN_TTL_MAX, TOPICS_PER_TOKEN, topics_problem
 from relay.models import Job
+from relay.runtime.ids import request_id
 from relay.store import Store
 from relay.tokens import Grant, Tokens
 
+STREAM_PATH = re.compile(r"/v1/(?:jobs/([^/]+)/)?events")
+
 
 class Events:
-    def __init__(self, store: Store, hub: Hub, access: Access, tokens: Tokens) -> None:
+    def __init__(self, store: Store, streams: Streams, access: Access, tokens: Tokens) -> None:
         self.store = store
-        self.hub = hub
+        self.streams = streams
         self.access = access
         self.tokens = tokens
 
     def routes(self) -> list[Route]:
-        return [Route("/v1/jobs/{id}/events", self.job_events, methods=["GET"]),
-                Route("/v1/events", self.events, methods=["GET"]),
+        # Described like any route (and served this way if reached through the router); the
+        # application sends the streams here before its router (see relay.http.RelayApp).
+        return [Route("/v1/jobs/{id}/events", self, methods=["GET"]),
+                Route("/v1/events", self, methods=["GET"]),
                 Route("/v1/tokens", self.create_token, methods=["POST"])]
 
-    async def job_events(self, request: Request) -> Response | EventStream:
-        """`GET /v1/jobs/{id}/events`: one job, closed after its terminal event."""
-        grant = self.access.grant(request)
-        job = await self._visible_job(grant, request.path_params["id"])
-        return await self._open([f"job:{job.id}"], _last_event_id(request), job)
+    def serves(self, scope: MutableMapping[str, Any]) -> bool:
+        return scope["method"] == "GET" and STREAM_PATH.fullmatch(scope["path"]) is not None
 
-    async def events(self, request: Request) -> Response | EventStream:
-        """`GET /v1/events?topic=…&job=…`: many jobs at once."""
-        grant = self.access.grant(request)
-        topics = _topics(request)
-        for topic in topics:
-            await self._check_topic(grant, topic)
-        return await self._open(topics, _last_event_id(request), None)
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Receive, send: Send
+                       ) -> None:
+        """`GET /v1/jobs/{id}/events` (one job, closed after its terminal event) and
+        `GET /v1/events?topic=…&job=…` (many jobs at once)."""
+        answer = await self._answer(scope, receive)
+        if not isinstance(answer, Stream):
+            await answer(scope, receive, send)
+            return
+        try:
+            if await answer.start(receive, send):
+                # The hub writes to the connection: what remains of the stream is this one
+                # wait, in this one frame, per open stream.
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+        finally:
+            answer.release()
+
+    async def _answer(self, scope: MutableMapping[str, Any], receive: Receive
+                      ) -> Stream | Response:
+        given = next((v for k, v in scope["headers"] if k == b"x-request-id"), b"")
+        rid = valid_request_id(given.decode("latin-1")) or request_id()
+        request = Request(scope)
+        try:
+            stream = await self._open(request, receive, [(b"x-request-id", rid.encode())])
+        except Exception as exc:  # every error becomes an answer in the envelope
+            scope.setdefault("state", {})["request_id"] = rid  # (kept only when needed)
+            return await error_for(request, exc)
+        if stream is None:  # tells the browser to stop reconnecting
+            return Response(status_code=204, headers={"x-request-id": rid})
+        return stream
 
     async def create_token(self, request: Request) -> Response:
         """`POST /v1/tokens {"jobs", "topics", "ttl"}`: a token a browser can subscribe with."""
@@ -72,6 +103,22 @@ class Events:
         token, expires = self.tokens.subscribe_token(jobs, topics, ttl)
         return JSONResponse({"token": token, "expires_at": expires}, status_code=201)
 
+    async def _open(self, request: Request, receive: Receive,
+                    headers: list[tuple[bytes, bytes]]) -> Stream | None:
+        match = STREAM_PATH.fullmatch(request.scope["path"])
+        if request.method != "GET" or match is None:
+            raise ApiError("only GET is allowed here", status=405, code="method_not_allowed")
+        grant = self.access.grant(request)
+        last_id = _last_event_id(request)
+        if match[1] is not None:
+            job = await self._visible_job(grant, match[1])
+            return await self.streams.open(request.scope, receive, [f"job:{job.id}"], last_id,
+                                           job.terminal, headers)
+        topics = _topics(request)
+        for topic in topics:
+            await self._check_topic(grant, topic)
+        return await self.streams.open(request.scope, receive, topics, last_id, None, headers)
+
     async def _visible_job(self, grant: Grant, job_id: str) -> Job:
         job = await self.store.get(job_id)
         if job is not None and grant.allows_job(job.id, job.topics):
@@ -88,21 +135,6 @@ class Events:
             if grant.allows_job(topic[4:], job.topics if job is not None else ()):
                 return
         raise ApiError(f"the token does not grant {topic[:64]!r}", status=403, code="forbidden")
-
-    async def _open(self, topics: Sequence[str], last_id: str | None, job: Job | None
-                    ) -> Response | EventStream:
-        """A stream of `topics`; `job` is the one job of a single-job stream."""
-        subscriber = self.hub.subscribe(topics)
-        try:
-            backlog = await resume.first_page(self.store, topics, last_id)
-        except BaseException:
-            self.hub.unsubscribe(subscriber)
-            raise
-        if job is not None and job.terminal and last_id is not None and not backlog.first:
-            self.hub.unsubscribe(subscriber)
-            return Response(status_code=204)  # tells the browser to stop reconnecting
-        chunks = resume.chunks(self.store, subscriber, backlog, job is not None)
-        return EventStream(chunks, subscriber, self.hub)
 
 
 def _last_event_id(request: Request) -> str | None:

@@ -47,6 +47,9 @@ class Hooks:
         return [Route("/hooks/{provider}", self, methods=["POST"]),
                 Route("/hooks/{provider}/{token}", self, methods=["POST"])]
 
+    def serves(self, scope: Scope) -> bool:
+        return bool(scope["path"].startswith(PREFIX))
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = _headers(scope)
         rid = valid_request_id(headers.get("x-request-id", "")) or request_id()
