@@ -3,6 +3,7 @@
     GET  /v1/jobs/{id}/events         one job: its current state, then live; ends after terminal
     GET  /v1/events?topic=…&job=…     many jobs at once
     POST /v1/tokens                    a token granting only the jobs and topics it names
+    POST /v1/sessions                  an API key (or a session) exchanged for a session token
 
 A stream is authorised by `?token=` (what a browser's EventSource can send) or an API key. The
 first page of its backlog is read before the response starts (relay.fanout.resume), so a
@@ -24,7 +25,14 @@ from relay.fanout.hub import Hub
 from relay.fanout.stream import EventStream
 from relay.http.auth import Access
 from relay.http.requests import invalid, read_object, topics_field
-from relay.limits import TEXT_LENGTH, TOKEN_TTL, TOKEN_TTL_MAX, TOPICS_PER_TOKEN, topics_problem
+from relay.limits import (
+    SESSION_TTL,
+    TEXT_LENGTH,
+    TOKEN_TTL,
+    TOKEN_TTL_MAX,
+    TOPICS_PER_TOKEN,
+    topics_problem,
+)
 from relay.models import Job
 from relay.store import Store
 from relay.tokens import Grant, Tokens
@@ -40,7 +48,8 @@ class Events:
     def routes(self) -> list[Route]:
         return [Route("/v1/jobs/{id}/events", self.job_events, methods=["GET"]),
                 Route("/v1/events", self.events, methods=["GET"]),
-                Route("/v1/tokens", self.create_token, methods=["POST"])]
+                Route("/v1/tokens", self.create_token, methods=["POST"]),
+                Route("/v1/sessions", self.create_session, methods=["POST"])]
 
     async def job_events(self, request: Request) -> Response | EventStream:
         """`GET /v1/jobs/{id}/events`: one job, closed after its terminal event."""
@@ -68,6 +77,15 @@ class Events:
         if not jobs and not topics:
             raise ApiError("name at least one job or topic", code="invalid_request")
         token, expires = self.tokens.subscribe_token(jobs, topics, ttl)
+        return JSONResponse({"token": token, "expires_at": expires}, status_code=201)
+
+    async def create_session(self, request: Request) -> Response:
+        """`POST /v1/sessions`: a token that stands in for the caller's API key for a short
+        while, renewed by calling again with it; the console keeps it instead of the key."""
+        if self.access.open:
+            raise ApiError("no API keys are configured: calls need no session", status=409,
+                           code="no_api_keys")
+        token, expires = self.tokens.session_token(self.access.key_id(request), SESSION_TTL)
         return JSONResponse({"token": token, "expires_at": expires}, status_code=201)
 
     async def _visible_job(self, grant: Grant, job_id: str) -> Job:

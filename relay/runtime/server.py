@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import re
 import socket
 import threading
 from collections.abc import AsyncIterator, Iterator
@@ -23,6 +24,26 @@ import uvicorn
 from relay.runtime.protocol import ConnectionLimits, LimitedProtocol
 
 logger = logging.getLogger(__name__)
+
+_TOKEN_VALUE = re.compile(r"([?&]token=)[^&]*")
+
+
+class HiddenTokens(logging.Filter):
+    """Access log lines with the value of a `?token=` left out: an SSE stream's subscribe
+    token sits in its URL (a browser's EventSource can send no header), and a log is no
+    place for a credential, however short-lived."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) > 2 and isinstance(args[2], str):
+            record.args = (*args[:2], _TOKEN_VALUE.sub(r"\1…", args[2]), *args[3:])
+        return True
+
+
+def _hide_tokens() -> None:
+    access_log = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, HiddenTokens) for f in access_log.filters):
+        access_log.addFilter(HiddenTokens())
 
 
 class Server(uvicorn.Server):
@@ -81,6 +102,7 @@ def make_server(app: Any, owns_signals: bool = True, limits: ConnectionLimits | 
                 **config: Any) -> Server:
     """A server for `app` on the relay's HTTP protocol (uvicorn's, within `limits`)."""
     limits = limits or ConnectionLimits()
+    _hide_tokens()
     config.setdefault("log_level", "warning")
     config.setdefault("lifespan", "on")
     config.setdefault("timeout_graceful_shutdown", 5)
