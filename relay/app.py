@@ -32,6 +32,7 @@ from relay.http.hooks import Hooks
 from relay.http.jobs import Jobs
 from relay.http.operations import Operations
 from relay.http.pages import Pages
+from relay.http.providers import Providers
 from relay.http.subscriptions import Subscriptions
 from relay.ingest.cancel import Cancel
 from relay.ingest.catalogs import Catalogs
@@ -104,13 +105,14 @@ def create_app(settings: Settings, *, store: Store | None = None,
     hooks = Hooks(ingest, server.max_body)
     events = Events(store, Streams(hub, store), access, tokens)
     app = application([
-        Dashboard(list(providers), access, tokens),
+        Dashboard(list(providers), access),
         Operations(store, metrics, scheduler.problems),
         Pages(),
         hooks,
         Jobs(store, hub, access, tracking, cancel),
         events,
         Subscriptions(store.outbox, access, outbound),
+        Providers(providers, store, metrics, access, scheduler.health),
     ], cors_origins=server.cors_origins, lifespan=lifespan, fast=[hooks, events])
     app.state.stopping = hub.stopping
     app.state.store = store

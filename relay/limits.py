@@ -25,6 +25,8 @@ API_BODY_BYTES = 65536
 TOKEN_TTL = 3600
 TOKEN_TTL_MAX = 30 * 86400
 """Seconds a subscribe token from `POST /v1/tokens` lives: by default, and at most."""
+SESSION_TTL = 900
+"""Seconds a session token (`POST /v1/sessions`) stands in for its API key."""
 TRACKED_TOKEN_TTL = 86400
 """Seconds the subscribe token in `POST /v1/jobs`'s answer lives."""
 WAIT_DEFAULT = 30.0

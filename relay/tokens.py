@@ -1,5 +1,6 @@
-"""The relay's signed tokens: subscribe tokens (what a browser's EventSource may see) and
-webhook URL tokens (the `{token}` of `/hooks/{provider}/{token}`).
+"""The relay's signed tokens: subscribe tokens (what a browser's EventSource may see),
+session tokens (an API key exchanged for a short while, so the console never keeps the key)
+and webhook URL tokens (the `{token}` of `/hooks/{provider}/{token}`).
 
 Tokens are itsdangerous signatures made with the relay secret, one salt per purpose, so a
 subscribe token can never pass as a webhook token or the other way round.
@@ -7,6 +8,7 @@ subscribe token can never pass as a webhook token or the other way round.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
@@ -52,6 +54,7 @@ class Tokens:
     def use_secret(self, secret: str) -> None:
         self._subscribe = URLSafeSerializer(secret, salt="relay.subscribe")
         self._webhook = URLSafeSerializer(secret, salt="relay.webhook")
+        self._session = URLSafeSerializer(secret, salt="relay.session")
         self._verified: dict[str, tuple[str, str]] = {}
 
     def subscribe_token(self, jobs: Sequence[str] = (), topics: Sequence[str] = (),
@@ -70,6 +73,25 @@ class Tokens:
         if not isinstance(data, dict) or data.get("e", 0) < (time.time() if now is None else now):
             raise TokenError("token_expired", "the token has expired")
         return Grant(jobs=frozenset(data.get("j", ())), topics=frozenset(data.get("t", ())))
+
+    def session_token(self, key_id: str, ttl: int, now: float | None = None) -> tuple[str, int]:
+        """A token that stands in for the API key `key_id` names (`key_fingerprint`) for
+        `ttl` seconds, and when it expires."""
+        expires = int((time.time() if now is None else now) + ttl)
+        return str(self._session.dumps({"k": key_id, "e": expires})), expires
+
+    def session_key(self, token: str, now: float | None = None) -> str | None:
+        """The key fingerprint a live session token was made for; None for any other string."""
+        try:
+            data = self._session.loads(token)
+        except BadSignature:
+            return None
+        if not isinstance(data, dict):
+            return None
+        key_id, expires = data.get("k"), data.get("e")
+        if not isinstance(key_id, str) or not isinstance(expires, int):
+            return None
+        return key_id if expires >= (time.time() if now is None else now) else None
 
     def webhook_token(self, provider: str, external_id: str) -> str:
         """The path segment that proves a delivery to `/hooks/{provider}/{token}` for one job:
@@ -94,3 +116,9 @@ class Tokens:
             self._verified.clear()
         self._verified[token] = job = (data[0], data[1])
         return job
+
+
+def key_fingerprint(key: str) -> str:
+    """What a session token records of its API key: enough to tell whether the key is still
+    configured, nothing that gives the key away."""
+    return hashlib.sha256(key.encode()).hexdigest()[:32]

@@ -1,6 +1,8 @@
-"""Who is calling: an API key (everything), a subscribe token (its grant), or nobody.
+"""Who is calling: an API key (everything), a session token standing in for one, a subscribe
+token (its grant), or nobody.
 
-With no keys configured the API is open, which the settings allow on loopback only.
+With no keys configured the API is open, which the settings allow on loopback only. A session
+token (`POST /v1/sessions`) works only while the key it was made from is still configured.
 """
 
 from __future__ import annotations
@@ -11,15 +13,21 @@ from collections.abc import Collection
 from starlette.requests import Request
 
 from relay.errors import ApiError
-from relay.tokens import FULL_ACCESS, Grant, Tokens
+from relay.tokens import FULL_ACCESS, Grant, Tokens, key_fingerprint
 
 
-def api_key_valid(header: str | None, keys: Collection[str]) -> bool:
-    """Whether an `Authorization: Bearer <key>` header names one of `keys` (constant time)."""
+def _bearer(header: str | None) -> str:
     if not header or not header.lower().startswith("bearer "):
-        return False
-    given = header[7:].strip().encode()
-    return any(hmac.compare_digest(given, key.encode()) for key in keys)
+        return ""
+    return header[7:].strip()
+
+
+def _named_key(given: str, keys: Collection[str]) -> str | None:
+    found = None
+    for key in keys:  # every key is compared, so the time does not tell which one matched
+        if hmac.compare_digest(given.encode(), key.encode()):
+            found = key
+    return found if given else None
 
 
 class Access:
@@ -33,9 +41,21 @@ class Access:
         return not self.keys
 
     def require_key(self, request: Request) -> None:
-        if self.keys and not api_key_valid(request.headers.get("authorization"), self.keys):
-            raise ApiError("a valid API key is required (Authorization: Bearer <key>)",
-                           status=401, code="unauthorized")
+        if self.keys:
+            self.key_id(request)
+
+    def key_id(self, request: Request) -> str:
+        """The fingerprint of the API key the caller holds, directly or through a session
+        token; 401 when it holds none that is configured."""
+        given = _bearer(request.headers.get("authorization"))
+        key = _named_key(given, self.keys)
+        if key is not None:
+            return key_fingerprint(key)
+        through = self.tokens.session_key(given) if given else None
+        if through is not None and through in {key_fingerprint(k) for k in self.keys}:
+            return through
+        raise ApiError("a valid API key is required (Authorization: Bearer <key>)",
+                       status=401, code="unauthorized")
 
     def grant(self, request: Request) -> Grant:
         """What the caller may see: its `?token=`'s grant, else everything with an API key."""

@@ -1,7 +1,9 @@
-"""The dashboard at `/`: a static page, handed a subscribe token for every provider's topic.
+"""The console at `/`: a static page that works through the public API like any client (jobs,
+history, cancel, providers, subscriptions) and follows jobs live with `/client.js`.
 
-With open access (loopback, no API keys) the page is minted its own token. With API keys
-configured it is not: an operator mints one (`POST /v1/tokens`) and opens `/?token=…`.
+The page is handed only the provider names and whether API keys are configured. With keys, it
+asks for one once and exchanges it for a session token (`POST /v1/sessions`), sent in headers,
+never in a URL; its SSE stream opens with a short subscribe token (`POST /v1/tokens`).
 """
 
 from __future__ import annotations
@@ -9,7 +11,6 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from importlib import resources
-from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
@@ -17,29 +18,24 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from relay.http.auth import Access
-from relay.tokens import Tokens
-
-PAGE_TOKEN_TTL = 12 * 3600
 
 
 class Dashboard:
-    def __init__(self, providers: Sequence[str], access: Access, tokens: Tokens) -> None:
-        self.providers = list(providers)
-        self.access = access
-        self.tokens = tokens
-        self.page = resources.files("relay").joinpath("static/dashboard.html").read_text()
+    def __init__(self, providers: Sequence[str], access: Access) -> None:
+        static = resources.files("relay").joinpath("static")
+        config = json.dumps({"providers": list(providers), "keys": not access.open})
+        # "</" is escaped so nothing in the JSON can close the <script> it sits in.
+        self.page = static.joinpath("dashboard.html").read_text().replace(
+            "__RELAY_CONFIG__", config.replace("</", "<\\/"))
+        self.icon = static.joinpath("favicon.svg").read_bytes()
 
     def routes(self) -> list[BaseRoute]:
-        return [Route("/", self.show),
+        return [Route("/", self.show), Route("/favicon.ico", self.favicon),
                 Mount("/static", StaticFiles(packages=[("relay", "static")]), name="static")]
 
     async def show(self, request: Request) -> Response:
-        topics = [f"provider:{name}" for name in self.providers]
-        config: dict[str, Any] = {"topics": topics, "providers": self.providers,
-                                  "token": request.query_params.get("token")}
-        if not config["token"] and self.access.open:
-            config["token"], _ = self.tokens.subscribe_token(topics=topics, ttl=PAGE_TOKEN_TTL)
-        # "</" is escaped so nothing in the JSON can close the <script> it sits in.
-        embedded = json.dumps(config).replace("</", "<\\/")
-        return HTMLResponse(self.page.replace("__RELAY_CONFIG__", embedded),
-                            headers={"Cache-Control": "no-store"})
+        return HTMLResponse(self.page, headers={"Cache-Control": "no-store"})
+
+    async def favicon(self, request: Request) -> Response:
+        return Response(self.icon, media_type="image/svg+xml",
+                        headers={"Cache-Control": "max-age=86400"})

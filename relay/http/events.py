@@ -3,6 +3,7 @@
     GET  /v1/jobs/{id}/events         one job: its current state, then live; ends after terminal
     GET  /v1/events?topic=…&job=…     many jobs at once
     POST /v1/tokens                    a token granting only the jobs and topics it names
+    POST /v1/sessions                  an API key (or a session) exchanged for a session token
 
 A stream is authorised by `?token=` (what a browser's EventSource can send) or an API key. The
 first page of its backlog is read before the response starts (relay.fanout.resume), so a
@@ -30,7 +31,14 @@ from relay.fanout.stream import Receive, Send, Stream, Streams
 from relay.http.auth import Access
 from relay.http.errors import error_for, valid_request_id
 from relay.http.requests import invalid, read_object, topics_field
-from relay.limits import TEXT_LENGTH, TOKEN_TTL, TOKEN_TTL_MAX, TOPICS_PER_TOKEN, topics_problem
+from relay.limits import (
+    SESSION_TTL,
+    TEXT_LENGTH,
+    TOKEN_TTL,
+    TOKEN_TTL_MAX,
+    TOPICS_PER_TOKEN,
+    topics_problem,
+)
 from relay.models import Job
 from relay.runtime.ids import request_id
 from relay.store import Store
@@ -51,7 +59,8 @@ class Events:
         # application sends the streams here before its router (see relay.http.RelayApp).
         return [Route("/v1/jobs/{id}/events", self, methods=["GET"]),
                 Route("/v1/events", self, methods=["GET"]),
-                Route("/v1/tokens", self.create_token, methods=["POST"])]
+                Route("/v1/tokens", self.create_token, methods=["POST"]),
+                Route("/v1/sessions", self.create_session, methods=["POST"])]
 
     def serves(self, scope: MutableMapping[str, Any]) -> bool:
         return scope["method"] == "GET" and STREAM_PATH.fullmatch(scope["path"]) is not None
@@ -101,6 +110,15 @@ class Events:
         if not jobs and not topics:
             raise ApiError("name at least one job or topic", code="invalid_request")
         token, expires = self.tokens.subscribe_token(jobs, topics, ttl)
+        return JSONResponse({"token": token, "expires_at": expires}, status_code=201)
+
+    async def create_session(self, request: Request) -> Response:
+        """`POST /v1/sessions`: a token that stands in for the caller's API key for a short
+        while, renewed by calling again with it; the console keeps it instead of the key."""
+        if self.access.open:
+            raise ApiError("no API keys are configured: calls need no session", status=409,
+                           code="no_api_keys")
+        token, expires = self.tokens.session_token(self.access.key_id(request), SESSION_TTL)
         return JSONResponse({"token": token, "expires_at": expires}, status_code=201)
 
     async def _open(self, request: Request, receive: Receive,

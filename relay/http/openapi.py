@@ -22,6 +22,7 @@ from relay.limits import (
     METADATA_BYTES,
     OFFSET_MAX,
     RESERVED_TOPICS,
+    SESSION_TTL,
     TEXT_LENGTH,
     TOKEN_TTL,
     TOKEN_TTL_MAX,
@@ -68,7 +69,7 @@ def document(version: str = "0.1.0") -> JSON:
                            "over server-sent events and HTTP.",
         },
         "paths": {**_operations_paths(), **_jobs_paths(), **_stream_paths(), **_hook_paths(),
-                  **_subscription_paths()},
+                  **_subscription_paths(), **_provider_paths()},
         "components": {"schemas": _schemas(), "securitySchemes": _security_schemes()},
         "security": [{"apiKey": []}],
     }
@@ -133,10 +134,15 @@ def _op(summary: str, responses: JSON, *, tag: str, params: list[JSON] | None = 
 def _operations_paths() -> JSON:
     text = {"text/plain": {"schema": _STR}}
     return {
-        "/": {"get": _op("The dashboard: live progress of recent jobs over SSE.", {
+        "/": {"get": _op("The console: jobs live over SSE, their history and cancel, the "
+                         "providers' health, subscriptions; it calls the API like any client "
+                         "(with API keys, it asks for one and holds a session token).", {
             "200": {"description": "An HTML page.", "content": {"text/html": {"schema": _STR}}},
-        }, tag="operations", params=[_query("token", _STR, "A subscribe token for the page.")],
-            security=_OPEN)},
+        }, tag="operations", security=_OPEN)},
+        "/favicon.ico": {"get": _op("The console's icon.", {
+            "200": {"description": "An SVG image.",
+                    "content": {"image/svg+xml": {"schema": _STR}}},
+        }, tag="operations", security=_OPEN)},
         "/static/{path}": {"get": _op("The dashboard's assets.", {
             "200": {"description": "The file."}, "404": {"description": "No such file."},
         }, tag="operations", params=[_param("path", "path", _STR, "The asset's file name.")],
@@ -160,7 +166,7 @@ def _operations_paths() -> JSON:
                     "content": {"text/html": {"schema": _STR}}},
         }, tag="operations", security=_OPEN)},
         "/client.js": {"get": _op("The browser client: `subscribe(url, {onJob, onReset, "
-                                  "onError, token})`, an ES module with no dependencies.", {
+                                  "onError, onOpen, token})`, an ES module with no dependencies.", {
             "200": {"description": "JavaScript, importable from any origin.",
                     "content": {"text/javascript": {"schema": _STR}}},
         }, tag="operations", security=_OPEN)},
@@ -256,6 +262,16 @@ def _stream_paths() -> JSON:
             "201": _json(_ref("Token"), "The token."),
             "400": _BAD_REQUEST, "401": _UNAUTHORIZED,
         }, tag="events", body=_ref("TokenRequest"))},
+        "/v1/sessions": {"post": _op(
+            "An API key exchanged for a session token: sent as `Authorization: Bearer "
+            "<token>`, it stands in for the key on every call for "
+            f"{SESSION_TTL} s, and only while that key is still configured. Calling again with "
+            "the session token renews it. The console keeps this instead of the key.", {
+                "201": _json(_ref("Token"), "The session token."),
+                "401": _UNAUTHORIZED,
+                "409": _error("No API keys are configured (`no_api_keys`): calls need no "
+                              "session."),
+            }, tag="events")},
     }
 
 
@@ -388,12 +404,45 @@ def _subscription_paths() -> JSON:
     }
 
 
+def _provider_paths() -> JSON:
+    counts = {"type": "object", "description": "Jobs in each state.",
+              "properties": {state.value: {"type": "integer"} for state in State}}
+    rate = _nullable({"type": "number", "minimum": 0})
+    health = {"type": "object", "required": ["polling"], "properties": {
+        "polling": {"type": "string",
+                    "enum": ["ok", "throttled", "unauthorized", "payment_required", "off"],
+                    "description": "`throttled`: paused by a 429 or 503 until `until`; "
+                                   "`unauthorized`, `payment_required`: the account was refused "
+                                   "(401, 403; 402) since `since`, and is probed; `off`: no "
+                                   "`base_url`, so not polled."},
+        "jobs": {"type": "integer", "description": "Unfinished jobs this instance polls."},
+        "until": {"type": "string", "format": "date-time"},
+        "since": {"type": "string", "format": "date-time"},
+        "status": {"type": "integer"}, "error": _nullable(_STR), "message": _STR,
+        "reason": _STR}}
+    provider = _object(["name", "schema", "polled", "health", "jobs", "per_minute"], {
+        "name": _STR, "schema": _enum(Schema), "polled": {"type": "boolean"},
+        "health": health, "jobs": counts,
+        "per_minute": _object(["polls", "webhooks"], {"polls": rate, "webhooks": rate}) | {
+            "description": "Measured between calls of this endpoint over the last minute: "
+                           "null on a first call."},
+    })
+    return {"/v1/providers": {"get": _op(
+        "Each provider: its schema, jobs by state, polls and webhooks per minute, and the "
+        "health of its polling as this instance sees it.", {
+            "200": _json(_object(["providers"], {
+                "providers": {"type": "array", "items": provider}}), "The providers."),
+            "401": _UNAUTHORIZED,
+        }, tag="operations")}}
+
+
 # -- components -----------------------------------------------------------------------------
 
 def _security_schemes() -> JSON:
     return {
         "apiKey": {"type": "http", "scheme": "bearer",
-                   "description": "One of `server.api_keys` (open on loopback when none)."},
+                   "description": "One of `server.api_keys` (open on loopback when none), "
+                                  "or a session token from `POST /v1/sessions`."},
         "subscribeToken": {"type": "apiKey", "in": "query", "name": "token",
                            "description": "A token from `POST /v1/tokens` or `POST /v1/jobs`."},
     }

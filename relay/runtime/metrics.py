@@ -108,5 +108,15 @@ class Metrics:
             field = label[1] if label in self._field_labels else "other"
             self.fields_ignored.labels(provider, field).inc()
 
+    def by_provider(self, counter: Counter) -> dict[str, float]:
+        """A counter's totals per `provider` label, its other labels summed over."""
+        totals: dict[str, float] = {}
+        for family in counter.collect():
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    name = sample.labels["provider"]
+                    totals[name] = totals.get(name, 0.0) + sample.value
+        return totals
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -24,7 +24,6 @@ from relay.runtime.protocol import ConnectionLimits, LimitedProtocol
 
 logger = logging.getLogger(__name__)
 
-
 class Server(uvicorn.Server):
     """uvicorn.Server that wakes the app's streams when asked to exit.
 

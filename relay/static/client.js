@@ -6,6 +6,7 @@
 //     onJob: (job) => render(job),               // every state, in order, none twice
 //     onReset: (reason) => {},                   // the relay lost our place; current state follows
 //     onError: ({ status, error, message, retrying }) => {},
+//     onOpen: () => {},                          // the stream is open (again)
 //     token: () => fetchFreshToken(),            // optional: a new subscribe token (or a Promise)
 //   });
 //   subscription.close();
@@ -26,6 +27,7 @@ export function subscribe(url, options = {}) {
     onJob = () => {},
     onReset = () => {},
     onError = () => {},
+    onOpen = () => {},
     token = null,
     retryMs = RETRY_MS,
   } = options;
@@ -48,7 +50,7 @@ export function subscribe(url, options = {}) {
     source = new EventSource(streamUrl());
     source.addEventListener("job.updated", received);
     source.addEventListener("relay.reset", (event) => onReset(JSON.parse(event.data).reason));
-    source.onopen = () => { refreshing = false; };
+    source.onopen = () => { refreshing = false; onOpen(); };
     source.onerror = () => {
       if (source.readyState === EventSource.CLOSED) refused();
       else onError({ status: null, error: "disconnected", message: "reconnecting", retrying: true });
