@@ -1,4 +1,4 @@
-"""A Python client for relay (CONTRACT section 9): the jobs API, event streams that resume
+"""A Python client for relay: the jobs API, event streams that resume
 across disconnects, and `verify_delivery` for consumers of relay's outbound webhooks.
 
     async with RelayClient("https://relay.example.com", api_key="…") as relay:

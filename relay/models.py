@@ -1,7 +1,7 @@
 """The normalised job model: what every provider schema is translated into.
 
 `Update` is what an adapter reads out of one provider payload; `Job` is the merged state the
-relay serves (CONTRACT section 2); `Event` is one stored change of a job, with its cursor.
+relay serves; `Event` is one stored change of a job, with its cursor.
 This module imports nothing from relay.
 """
 
@@ -82,7 +82,7 @@ class Update:
 
 @dataclass(frozen=True, slots=True)
 class Job:
-    """The normalised job of CONTRACT section 2. `metadata` is the user's, as tracked;
+    """The normalised job. `metadata` is the user's, as tracked;
     `provider_data` is what the provider reported besides the mapped fields."""
 
     id: str
@@ -191,7 +191,7 @@ def _split_legacy(data: Mapping[str, Any]) -> tuple[Mapping[str, Any], Mapping[s
 
 
 def job_error(error: Mapping[str, Any]) -> JSON:
-    """An error in the shape CONTRACT section 2 serves: `code`, `message`, `fix`, `retryable`
+    """An error in the shape the job model serves: `code`, `message`, `fix`, `retryable`
     (the last two null when unknown), whatever subset of them it was made with."""
     return {"code": error.get("code") or "", "message": error.get("message") or "",
             "fix": error.get("fix"), "retryable": error.get("retryable")}

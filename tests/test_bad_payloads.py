@@ -1,4 +1,4 @@
-"""Bad provider payloads (CONTRACT section 2, issue 13). relay is strict only where it must be:
+"""Bad provider payloads. relay is strict only where it must be:
 a body that is no object, or has no job id or no status, answers 422 `invalid_payload` naming
 the field and stores nothing. Any other odd field is left out, clamped or cut: the update is
 accepted (202) with the rest kept, and the field is counted. Called directly, the adapters

@@ -1,4 +1,4 @@
-"""The generation error catalog (seed 001, `GET /v2/errors`; CONTRACT section 2): read from any
+"""The generation error catalog (seed 001, `GET /v2/errors`): read from any
 of the shapes providers answer, tolerant of junk, immutable, and applied to errors without I/O."""
 
 from __future__ import annotations

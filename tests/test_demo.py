@@ -227,7 +227,7 @@ GENERATION_BARS = """() => [...document.querySelectorAll('#jobs tr[data-provider
 
 def test_a_generation_job_shows_progress_part_way_on_the_dashboard(demo, page):
     # The provider's webhooks report only the end: the bar moves because relay polls
-    # include=progress while the job runs (CONTRACT section 4).
+    # include=progress while the job runs.
     page.goto(demo.url + "/")
     wait_until(page, lambda: page.inner_text("#connection") == "live")
     part_way = wait_until(page, lambda: [width for state, width in page.evaluate(GENERATION_BARS)

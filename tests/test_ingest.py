@@ -1,4 +1,4 @@
-"""Webhook ingest (CONTRACT section 3): every way a delivery proves itself, what is refused and
+"""Webhook ingest: every way a delivery proves itself, what is refused and
 how, idempotency, and durability (a 202 is committed; concurrent webhooks share commits).
 
 Signatures are made here the way each mode's senders make them, and for Standard Webhooks by

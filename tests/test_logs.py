@@ -1,4 +1,4 @@
-"""Logs worth reading (CONTRACT section 1, `server.log_format`), from a real `relay serve`:
+"""Logs worth reading, from a real `relay serve`:
 relay's and uvicorn's lines in one format, access lines with the request id and duration
 and no token in them, no httpx line per poll, and each job's moves logged once each."""
 

@@ -1,4 +1,4 @@
-"""Properties of `relay.normalise.merge` (CONTRACT section 2's merge rules), for any order of
+"""Properties of `relay.normalise.merge`, for any order of
 arrival: webhooks come late, twice and out of order, and the job must not care."""
 
 from __future__ import annotations
@@ -228,7 +228,7 @@ def test_an_error_belongs_only_to_a_failed_or_canceled_job():
 
 def test_metadata_stays_what_the_user_gave_and_provider_fields_go_to_provider_data():
     # Once merge put the provider's fields under metadata["provider"]; now metadata is the
-    # user's alone (CONTRACT section 2), even a key of theirs named "provider".
+    # user's alone, even a key of theirs named "provider".
     job = fresh_job().replace(metadata={"provider": "mine", "team": "a"})
 
     merged = merge(job, Update("ext-1", "pending", State.QUEUED, BASE,

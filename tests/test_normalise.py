@@ -1,4 +1,4 @@
-"""The three provider schemas read into one job model (CONTRACT section 2).
+"""The three provider schemas read into one job model.
 
 The adapters are called directly from tables of real-shaped payloads (`tests/payloads/`), with
 the receive time passed in; status words, unknown words and outgoing auth are checked the same

@@ -1,4 +1,4 @@
-"""Operational events on the topic `relay:ops` (CONTRACT section 6): a subscription becoming
+"""Operational events on the topic `relay:ops`: a subscription becoming
 failing or disabled, a provider refusing the relay's account and serving it again, told to
 SSE streams of the topic and to the subscriptions that name it, counted on /metrics; and
 the info lines of a provider's 429 pause. Against a real consumer that fails on command and

@@ -1,4 +1,4 @@
-"""Outbound webhooks (CONTRACT section 6) against real consumers: tiny Starlette apps served by
+"""Outbound webhooks against real consumers: tiny Starlette apps served by
 uvicorn on loopback (so these relays allow private targets), signatures checked with the
 `standardwebhooks` package, retry schedules shrunk through `server.delivery_retry_scale`; and
 the retry policy and the SSRF guard's pinning on their own. The crash test is in

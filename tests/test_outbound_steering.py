@@ -1,4 +1,4 @@
-"""Outbound deliveries an operator can steer (CONTRACT section 6): the `events` filter, a
+"""Outbound deliveries an operator can steer: the `events` filter, a
 subscription's status (failing, probed one request at a time, disabled, enabled again),
 replay, the operational events, config subscriptions on a rolling deploy, and cookies. Against
 real consumers served by uvicorn (tests/test_outbound.py's `Consumer`, which fails on command)

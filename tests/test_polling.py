@@ -206,7 +206,7 @@ async def test_a_generation_job_whose_webhooks_arrive_is_read_once_then_never_po
             job_id = (await relay.track("gen", gen_ext))["job"]["id"]
             assert (await final(relay, job_id))["state"] == "succeeded"
         assert sims.gen.webhooks["sent"] >= 2  # PROCESSING, COMPLETED
-        # The one read when tracking starts (CONTRACT section 4): its webhookUrl is relay's.
+        # The one read when tracking starts: its webhookUrl is relay's.
         assert sims.gen.requests["get"] == 1
 
 
@@ -321,7 +321,7 @@ async def test_a_job_the_provider_answers_404_for_three_times_fails_with_its_cod
         job_id = (await relay.track("jobs", "no-such-job"))["job"]["id"]
         job = await final(relay, job_id)
         assert job["state"] == "failed"
-        # CONTRACT section 4: the provider's error code (its envelope says "not_found") and
+        # the provider's error code (its envelope says "not_found") and
         # message; provider_not_found only where it sent none (test_polling_answers.py).
         assert job["error"] == {"code": "not_found", "message": "Job no-such-job not found.",
                                 "fix": None, "retryable": False}

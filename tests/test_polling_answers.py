@@ -1,4 +1,4 @@
-"""What a provider answers a poll decides what happens (CONTRACT section 4's table), and every
+"""What a provider answers a poll decides what happens, and every
 job has a deadline: the real relay on uvicorn against simulated providers over real HTTP."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""Generation progress and callbacks, story lists, and what polls carry (CONTRACT sections 2
-and 4): the real relay on uvicorn against simulated providers over real HTTP."""
+"""Generation progress and callbacks, story lists, and what polls carry: the real relay on
+uvicorn against simulated providers over real HTTP."""
 
 from __future__ import annotations
 

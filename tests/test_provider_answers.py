@@ -1,4 +1,4 @@
-"""How relay reads a provider's answers (CONTRACT section 4): streamed and capped at 8 MiB,
+"""How relay reads a provider's answers: streamed and capped at 8 MiB,
 never read whole; JSON too deep to parse is unreadable, not a traceback; the error envelope's
 code and message are kept; the generation error catalog is read without an API key. Over real
 HTTP, against the simulated providers."""

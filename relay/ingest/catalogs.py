@@ -1,6 +1,6 @@
 """The error catalog of each `generation` provider (seed 001: `GET /v2/errors`, "the full
 catalog of codes, messages and suggested fixes"), read at startup and then hourly, and handed
-to that provider's adapter for its polls and its webhooks (CONTRACT section 2).
+to that provider's adapter for its polls and its webhooks.
 
     Catalogs.start(sources) ── at once, then hourly ──► source.fetch_catalog()  (unauthenticated)
                                                                 │ parse_catalog

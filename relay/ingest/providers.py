@@ -38,7 +38,7 @@ from relay.signing import retry_after
 LONG_POLL_MARGIN = 10.0
 DEFAULT_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
 MAX_ANSWER = 8 * 1024 * 1024
-"""Bytes of one provider answer relay reads at most (CONTRACT section 4)."""
+"""Bytes of one provider answer relay reads at most."""
 MAX_ERROR_ANSWER = 64 * 1024
 """Bytes of an error answer read for its envelope; the rest is not needed."""
 ACCEPT = {"Accept": "application/json", "Accept-Encoding": "identity"}

@@ -1,6 +1,6 @@
 """Reading typed, capped fields out of untrusted provider JSON.
 
-relay is strict only where it must be (CONTRACT section 2): a payload that is not an object, or
+relay is strict only where it must be: a payload that is not an object, or
 has no usable job id or status, raises `PayloadError` naming the field (a 422 for a webhook).
 Every other field is optional, and a `Reader` takes what it can of it: a value that is missing
 or null is None; one of the wrong type, out of range, over a cap or not storable (a lone
@@ -243,6 +243,6 @@ def compact(**values: Any) -> dict[str, Any]:
 
 
 def error(code: str, message: str) -> dict[str, Any]:
-    """An error in CONTRACT section 2's shape; `fix` and `retryable` stay null until a
+    """An error in the job model's shape; `fix` and `retryable` stay null until a
     catalog (or the provider) knows them."""
     return {"code": code, "message": message, "fix": None, "retryable": None}

@@ -1,4 +1,4 @@
-"""The merge rules of CONTRACT section 2, as one pure function.
+"""The merge rules of the job model, as one pure function.
 
 Webhooks arrive late, twice and out of order, so an update is folded into the job under rules
 that make the order of arrival matter as little as possible:

@@ -1,4 +1,4 @@
-"""What a provider's answer to a poll means: CONTRACT section 4's table, as one function.
+"""What a provider's answer to a poll means: the poll-answer table, as one function.
 
     answer                                         meaning     the pollers
     401, 402, 403                                  ACCOUNT     pause the provider, probe gently;

@@ -1,6 +1,5 @@
 """Deadlines: a job not terminal `max_job_age` seconds after tracking started becomes `failed`
-with code `deadline_exceeded` (`retryable: true`), and so stops being polled (CONTRACT
-section 4).
+with code `deadline_exceeded` (`retryable: true`), and so stops being polled.
 
     store log / restore ──watch(job, tracked at)──► Deadlines ──due──► Recorder.conclude
     terminal event ──────forget(job id)───────────┘                    (a terminal event: the

@@ -1,4 +1,4 @@
-"""Retention (CONTRACT section 7): once an hour the terminal jobs that finished more than
+"""Retention: once an hour the terminal jobs that finished more than
 `server.retention` seconds ago are deleted, with their events and deliveries, so the store
 never grows without bound.
 

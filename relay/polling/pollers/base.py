@@ -251,7 +251,7 @@ class Poller:
             self._place(tracked, time.monotonic() + delay)
 
     async def failed(self, tracked: Tracked, error: ProviderError) -> None:
-        """A one-job call failed: CONTRACT section 4's table (relay.polling.answers) says
+        """A one-job call failed: the poll-answer table (relay.polling.answers) says
         what follows."""
         self.count(outcome(error))
         said = meaning(error)

@@ -1,5 +1,5 @@
 """The `generation` schema's poller: one read when tracking starts, then progress polls, or
-webhooks first and long-polls past their grace (CONTRACT section 4)."""
+webhooks first and long-polls past their grace."""
 
 from __future__ import annotations
 
