@@ -191,6 +191,7 @@ async def test_2000_subscribers_joining_and_leaving_while_events_flow_leave_no_t
         relay.stop()
     assert peak - idle > 8_000, "the measure does not see 2,000 subscribers"
     assert after - baseline < 6_000, f"RSS grew by {after - baseline} kB over three crowds"
+    assert "Traceback" not in relay.log.read_text()  # leaving, even by a reset, is no error
 
 
 async def _publish_forever(client: Any, url: str) -> None:

@@ -269,6 +269,8 @@ def _reset(transport: Transport) -> None:
     close waits until the peer has read everything, and even a closed socket lingers in the
     kernel while its peer's window stays shut; a reset (SO_LINGER 0) frees both at once."""
     sock = transport.get_extra_info("socket")
-    with contextlib.suppress(AttributeError, OSError):
+    # A connection its client closed has no socket left: asyncio's answers OSError, uvloop's
+    # ValueError (a negative file descriptor); either way there is nothing to reset.
+    with contextlib.suppress(AttributeError, OSError, ValueError):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     transport.abort()
