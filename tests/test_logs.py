@@ -100,7 +100,9 @@ def test_json_logs_are_one_object_per_line_for_relay_uvicorn_and_access(json_run
     hooks = [line for line in access if line["path"].startswith("/hooks/")]
     assert [line["status"] for line in hooks] == [202, 200, 202]
     assert all(line["path"] == "/hooks/gen/REDACTED" and line["request_id"] for line in hooks)
-    assert any(line["path"].endswith("/events?token=REDACTED") for line in access)
+    streams = [line for line in access if line["path"].endswith("/events?token=REDACTED")]
+    assert [line["status"] for line in streams] == [200]
+    assert streams[0]["request_id"] and streams[0]["method"] == "GET"
 
 
 def test_no_token_handed_out_ever_reaches_the_log(json_run):

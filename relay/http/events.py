@@ -12,13 +12,14 @@ its headers.
 
 The streams are a plain ASGI app, reached before Starlette's router and its request-id
 middleware (relay.http.RelayApp): thousands of browsers connect at once, and a stream's
-response task lives as long as it does. It sets the request id and answers errors in the
-envelope itself; CORS stays Starlette's.
+response task lives as long as it does. It sets the request id, answers errors in the
+envelope and writes its access line itself; CORS stays Starlette's.
 """
 
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import MutableMapping
 from typing import Any
 
@@ -40,6 +41,7 @@ from relay.limits import (
     topics_problem,
 )
 from relay.models import Job
+from relay.runtime import access
 from relay.runtime.ids import request_id
 from relay.store import Store
 from relay.tokens import Grant, Tokens
@@ -69,23 +71,26 @@ class Events:
                        ) -> None:
         """`GET /v1/jobs/{id}/events` (one job, closed after its terminal event) and
         `GET /v1/events?topic=…&job=…` (many jobs at once)."""
-        answer = await self._answer(scope, receive)
-        if not isinstance(answer, Stream):
-            await answer(scope, receive, send)
-            return
+        started = time.perf_counter()
+        given = next((v for k, v in scope["headers"] if k == b"x-request-id"), b"")
+        rid = valid_request_id(given.decode("latin-1")) or request_id()
+        answer = await self._answer(scope, receive, rid)
+        status = answer.status_code if isinstance(answer, Response) else 200
         try:
-            if await answer.start(receive, send):
+            if isinstance(answer, Response):
+                await answer(scope, receive, send)
+            elif await answer.start(receive, send):
                 # The hub writes to the connection: what remains of the stream is this one
                 # wait, in this one frame, per open stream.
                 while (await receive())["type"] != "http.disconnect":
                     pass
         finally:
-            answer.release()
+            if isinstance(answer, Stream):
+                answer.release()
+            access.write(scope, status, rid, started)
 
-    async def _answer(self, scope: MutableMapping[str, Any], receive: Receive
+    async def _answer(self, scope: MutableMapping[str, Any], receive: Receive, rid: str
                       ) -> Stream | Response:
-        given = next((v for k, v in scope["headers"] if k == b"x-request-id"), b"")
-        rid = valid_request_id(given.decode("latin-1")) or request_id()
         request = Request(scope)
         try:
             stream = await self._open(request, receive, [(b"x-request-id", rid.encode())])

@@ -2,7 +2,7 @@
 
 The hottest route of the relay, so it is a plain ASGI app, reached before Starlette's router
 and middlewares (relay.http.RelayApp), that does their part itself: the request id, the error
-envelope, counting each outcome. The order matters: find the provider, check the content
+envelope, the access line, counting each outcome. The order matters: find the provider, check the content
 type and the declared length, check what the headers can prove before reading the body
 (relay.ingest.webhooks.admit), read the body under its cap, prove it over the raw bytes,
 then parse, normalise and store. Only a committed update is answered 202; a repeat is a 200.
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 from urllib.parse import unquote
@@ -23,6 +24,7 @@ from relay.errors import ApiError, PayloadError, Refused, StoreError, Unverified
 from relay.http.errors import REFUSAL_STATUS, valid_request_id
 from relay.http.requests import parse_json
 from relay.ingest.webhooks import WebhookIngest
+from relay.runtime import access
 from relay.runtime.ids import request_id
 
 logger = logging.getLogger(__name__)
@@ -51,6 +53,7 @@ class Hooks:
         return bool(scope["path"].startswith(PREFIX))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
         headers = _headers(scope)
         rid = valid_request_id(headers.get("x-request-id", "")) or request_id()
         try:
@@ -60,10 +63,13 @@ class Hooks:
         else:
             extra = []
         body = json.dumps(answer, separators=(",", ":")).encode()
-        await send({"type": "http.response.start", "status": status, "headers": [
-            (b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)),
-            (b"x-request-id", rid.encode()), *extra]})
-        await send({"type": "http.response.body", "body": body})
+        try:
+            await send({"type": "http.response.start", "status": status, "headers": [
+                (b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)),
+                (b"x-request-id", rid.encode()), *extra]})
+            await send({"type": "http.response.body", "body": body})
+        finally:
+            access.write(scope, status, rid, started)
 
     async def _receive(self, scope: Scope, receive: Receive, headers: Mapping[str, str]
                        ) -> tuple[int, dict[str, Any]]:

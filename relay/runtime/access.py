@@ -1,11 +1,12 @@
 """Access lines: one per HTTP request relay serves, written when its response has ended, with
 the request id (the `X-Request-ID` the response carries), method, path, status and duration.
 
-It wraps the whole app (relay.http.RelayApp), so the webhook handler, which bypasses
-Starlette's middlewares, is logged the same way. Tokens never reach a log: the value of a
-`token` query parameter and the token segment of `/hooks/{provider}/{token}` are replaced.
-With `relay.access` above info nothing of this runs (a webhook's cost is measured in
-microseconds: tests/benchmarks/bench_ingest.py).
+Requests through Starlette's router are wrapped (`logged`, from relay.http.RelayApp); the
+webhook and stream handlers, which bypass the router, write their own (`write`): a wrapper
+is one more coroutine frame that every open stream would hold. Tokens never reach a log:
+the value of a `token` query parameter and the token segment of `/hooks/{provider}/{token}`
+are replaced. With `relay.access` above info nothing of this runs (a webhook's cost is
+measured in microseconds: tests/benchmarks/bench_ingest.py).
 """
 
 from __future__ import annotations
@@ -48,11 +49,18 @@ async def logged(app: App, scope: Scope, receive: Callable[[], Awaitable[Message
     try:
         await app(scope, receive, sending)
     finally:
-        path = shown_path(scope)
-        logger.info("%s %s %d", scope["method"], path, answered[0], extra={
-            "request_id": answered[1], "method": scope["method"], "path": path,
-            "status": answered[0],
-            "duration_ms": round((time.perf_counter() - started) * 1000, 2)})
+        write(scope, answered[0], answered[1], started)
+
+
+def write(scope: Scope, status: int, request_id: str, started: float) -> None:
+    """The access line of a request begun at `started` (`time.perf_counter()`) and answered
+    `status` (0: no response began)."""
+    if not logger.isEnabledFor(logging.INFO):
+        return
+    path = shown_path(scope)
+    logger.info("%s %s %d", scope["method"], path, status, extra={
+        "request_id": request_id, "method": scope["method"], "path": path, "status": status,
+        "duration_ms": round((time.perf_counter() - started) * 1000, 2)})
 
 
 def _request_id(headers: Iterable[tuple[bytes, bytes]]) -> str:

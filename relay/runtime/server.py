@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import socket
 import threading
@@ -20,7 +19,7 @@ from typing import Any
 
 import uvicorn
 
-from relay.runtime.protocol import ConnectionLimits, LimitedProtocol
+from relay.runtime.protocol import ConnectionLimits, limited
 
 logger = logging.getLogger(__name__)
 
@@ -80,14 +79,17 @@ def make_server(app: Any, owns_signals: bool = True, limits: ConnectionLimits | 
                 **config: Any) -> Server:
     """A server for `app` on the relay's HTTP protocol (uvicorn's, within `limits`). Uvicorn
     configures no logging of its own (its lines go through relay.runtime.logs' handler) and
-    writes no access lines: relay writes its own (relay.runtime.access)."""
+    writes no access lines: relay writes its own (relay.runtime.access). Nor does it rewrite
+    the client address and scheme from X-Forwarded-* headers: relay reads neither, and the
+    rewriting middleware would be one more frame held by every open stream."""
     limits = limits or ConnectionLimits()
     config.setdefault("log_level", "warning")
     config.setdefault("log_config", None)
     config.setdefault("access_log", False)
+    config.setdefault("proxy_headers", False)
     config.setdefault("lifespan", "on")
     config.setdefault("timeout_graceful_shutdown", 5)
-    config.setdefault("http", functools.partial(LimitedProtocol, limits=limits))
+    config.setdefault("http", limited(limits))
     return Server(uvicorn.Config(app, **config), owns_signals=owns_signals)
 
 
