@@ -289,6 +289,41 @@ async def test_streams_joining_while_a_job_changes_miss_no_version_and_repeat_no
         assert len({versions[0] for versions in seen}) > 1, "every stream joined at once"
 
 
+async def test_a_crowd_joining_while_nothing_changes_shares_reads_and_misses_no_later_change():
+    raise_open_files_limit(2048)
+    async with running_relay() as relay:
+        job_id = (await relay.track("gen", "crowd"))["job"]["id"]
+        reads = []
+        read_latest = relay.store.latest
+
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            reads.append(args)
+            return await read_latest(*args, **kwargs)
+
+        relay.store.latest = counted  # type: ignore[method-assign]
+        crowd = []
+        try:
+            for _ in range(300):  # one after another: no two share a read by joining together
+                crowd.append(await Connection.open(relay.url))
+                assert await crowd[-1].get("/v1/events?topic=provider:gen") == 200
+                assert (await crowd[-1].event())["data"]["id"] == job_id
+            assert len(reads) < 60, f"{len(reads)} reads for {len(crowd)} streams"
+
+            # A change passes the hub: a stream joining after it has it, in its snapshot or live.
+            assert (await relay.webhook({"id": "crowd", "status": "PROCESSING"})).status_code == 202
+            version = (await relay.client.get(f"/v1/jobs/{job_id}")).json()["version"]
+            late = await Connection.open(relay.url)
+            crowd.append(late)
+            assert await late.get("/v1/events?topic=provider:gen") == 200
+            seen = [(await late.event())["data"]["version"]]
+            while seen[-1] < version:
+                seen.append((await late.event())["data"]["version"])
+            assert seen[-1] == version
+        finally:
+            for connection in crowd:
+                connection.close()
+
+
 async def test_shutdown_ends_1000_open_streams_and_a_stuck_one_within_seconds():
     raise_open_files_limit(4096)
     app = create_app(make_settings())

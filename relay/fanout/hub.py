@@ -160,6 +160,9 @@ class Hub:
         self._by_topic: dict[str, set[Subscriber]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._publishing: set[asyncio.Task[None]] = set()
+        self.passed = 0
+        """Changes whenever the hub passes on events (or loses its place in the log): a
+        snapshot read while it stays the same misses nothing a new subscriber would."""
 
     def subscribers(self) -> set[Subscriber]:
         """Every subscriber, once (a copy)."""
@@ -217,6 +220,8 @@ class Hub:
 
     async def _follow(self, cursor: str | None) -> None:
         async for page in follow(self.store, cursor):
+            if page:  # events, or a gap
+                self.passed += 1
             if isinstance(page, Gap):
                 logger.warning("the hub lost its place in the store's log (%s); its %d "
                                "subscribers resume from their Last-Event-ID", page.reason,

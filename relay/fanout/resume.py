@@ -3,7 +3,8 @@ after `Last-Event-ID`.
 
     subscribe ─► first page (read before the response starts) ─► the rest ─► live frames
                  ├ no Last-Event-ID: the latest event of each visible job (a read shared by
-                 │   the streams of the same topics that subscribed before it began)
+                 │   the streams of the same topics that subscribed before it began, and
+                 │   by those after it while the hub passes no event)
                  ├ Last-Event-ID: store.read_since(id), paged, at most MAX_REPLAY events
                  └ a cursor the store cannot place, or past MAX_REPLAY:
                      relay.reset (reason), then the latest event of each job
@@ -26,8 +27,8 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from relay.errors import CursorError, CursorExpired
-from relay.fanout.wire import RETRY, encode, reset
-from relay.models import Event
+from relay.fanout.hub import Hub
+from relay.fanout.wire import RETRY, Frame, encode, reset
 from relay.store import Store
 
 PAGE = 500
@@ -60,7 +61,7 @@ class Backlog:
 
     topics: Sequence[str]
     last_id: str | None
-    first: list[Event]
+    first: list[Frame]
     reset: str | None = None
 
 
@@ -69,15 +70,33 @@ class Snapshots:
     no read of those topics has begun: thousands of browsers connecting at once make a few
     reads, not thousands. Only a read that begins after a stream subscribed may serve it (an
     event committed before then may have passed its subscription by), so a stream that asks
-    while a read is under way waits for the next one."""
+    while a read is under way waits for the next one.
 
-    def __init__(self, store: Store) -> None:
+    A read the hub passed no event during stays current for as long as the hub passes none:
+    every event committed since would have to reach a new stream live. Such a read serves the
+    streams that ask after it, at once, for up to REUSE_FOR seconds (jobs retention deletes
+    pass no event), so a crowd connecting while nothing happens waits for no read at all.
+    Each read is encoded once, for all the streams it serves."""
+
+    REUSE_FOR = 1.0
+    KEPT = 1024
+    """Topic sets whose read is kept, the oldest forgotten first."""
+
+    def __init__(self, store: Store, hub: Hub) -> None:
         self.store = store
-        self._next: dict[tuple[str, ...], asyncio.Future[list[Event]]] = {}
+        self.hub = hub
+        self._next: dict[tuple[str, ...], asyncio.Future[list[Frame]]] = {}
         self._readers: dict[tuple[str, ...], asyncio.Task[None]] = {}
+        self._kept: dict[tuple[str, ...], tuple[int, float, list[Frame]]] = {}
 
-    async def latest(self, topics: Sequence[str]) -> list[Event]:
+    async def latest(self, topics: Sequence[str]) -> list[Frame]:
         key = tuple(topics)
+        kept = self._kept.get(key)
+        if kept is not None:
+            passed, until, frames = kept
+            if passed == self.hub.passed and asyncio.get_running_loop().time() < until:
+                return frames
+            del self._kept[key]
         future = self._next.get(key)
         if future is None:
             future = self._next[key] = asyncio.get_running_loop().create_future()
@@ -87,14 +106,26 @@ class Snapshots:
         return await asyncio.shield(future)
 
     async def _read(self, key: tuple[str, ...]) -> None:
+        loop = asyncio.get_running_loop()
         try:
             while (future := self._next.pop(key, None)) is not None:
+                passed, began = self.hub.passed, loop.time()
                 try:
-                    future.set_result(await self.store.latest(key, SNAPSHOT_LIMIT))
+                    frames = list(map(encode, await self.store.latest(key, SNAPSHOT_LIMIT)))
                 except Exception as exc:  # each waiter raises it (a StoreError: 503)
                     future.set_exception(exc)
+                    continue
+                future.set_result(frames)
+                if passed == self.hub.passed:
+                    self._keep(key, (passed, began + self.REUSE_FOR, frames))
         finally:
             del self._readers[key]
+
+    def _keep(self, key: tuple[str, ...], kept: tuple[int, float, list[Frame]]) -> None:
+        self._kept.pop(key, None)
+        if len(self._kept) >= self.KEPT:
+            del self._kept[next(iter(self._kept))]
+        self._kept[key] = kept
 
 
 async def first_page(store: Store, snapshots: Snapshots, topics: Sequence[str],
@@ -109,7 +140,7 @@ async def first_page(store: Store, snapshots: Snapshots, topics: Sequence[str],
         logger.info("a subscriber resumed from a cursor the store cannot place (%s); "
                     "it gets relay.reset and the current state", reason)
         return Backlog(topics, None, await snapshots.latest(topics), reset=reason)
-    return Backlog(topics, last_id, events)
+    return Backlog(topics, last_id, list(map(encode, events)))
 
 
 async def chunks(store: Store, backlog: Backlog, sent: dict[str, int], single_job: bool
@@ -125,14 +156,13 @@ async def chunks(store: Store, backlog: Backlog, sent: dict[str, int], single_jo
         prefix = b""
 
 
-def _encode(page: list[Event | Reset], sent: dict[str, int], single_job: bool
+def _encode(page: list[Frame | Reset], sent: dict[str, int], single_job: bool
             ) -> tuple[bytes, bool]:
     parts = []
-    for item in page:
-        if isinstance(item, Reset):
-            parts.append(reset(item.reason))
+    for frame in page:
+        if isinstance(frame, Reset):
+            parts.append(reset(frame.reason))
             continue
-        frame = encode(item)
         if sent.get(frame.job_id, 0) < frame.version:
             sent[frame.job_id] = frame.version
             parts.append(frame.data)
@@ -141,8 +171,8 @@ def _encode(page: list[Event | Reset], sent: dict[str, int], single_job: bool
     return b"".join(parts), False
 
 
-async def _pages(store: Store, backlog: Backlog) -> AsyncIterator[list[Event | Reset]]:
-    announced: list[Event | Reset] = [Reset(backlog.reset)] if backlog.reset else []
+async def _pages(store: Store, backlog: Backlog) -> AsyncIterator[list[Frame | Reset]]:
+    announced: list[Frame | Reset] = [Reset(backlog.reset)] if backlog.reset else []
     yield [*announced, *backlog.first]
     if backlog.last_id is not None and len(backlog.first) == PAGE:
         async for page in _replay(store, backlog.topics, backlog.first[-1].cursor):
@@ -150,7 +180,7 @@ async def _pages(store: Store, backlog: Backlog) -> AsyncIterator[list[Event | R
 
 
 async def _replay(store: Store, topics: Sequence[str], cursor: str
-                  ) -> AsyncIterator[list[Event | Reset]]:
+                  ) -> AsyncIterator[list[Frame | Reset]]:
     # Capped: a client more than MAX_REPLAY events behind gets the current state of the
     # newest jobs instead of the rest of the log; so does one whose cursor the store
     # trimmed away (or lost, reset) while it was catching up.
@@ -158,10 +188,10 @@ async def _replay(store: Store, topics: Sequence[str], cursor: str
     try:
         for _ in range(MAX_REPLAY // PAGE - 1):
             events = await store.read_since(cursor, topics=topics, limit=PAGE)
-            yield list(events)
+            yield list(map(encode, events))
             if len(events) < PAGE:
                 return
             cursor = events[-1].cursor
     except CursorError as exc:
         reason = reset_reason(exc)
-    yield [Reset(reason), *await store.latest(topics, SNAPSHOT_LIMIT)]
+    yield [Reset(reason), *map(encode, await store.latest(topics, SNAPSHOT_LIMIT))]

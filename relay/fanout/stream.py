@@ -196,7 +196,7 @@ class Streams:
     def __init__(self, hub: Hub, store: Store) -> None:
         self.hub = hub
         self.store = store
-        self.snapshots = resume.Snapshots(store)
+        self.snapshots = resume.Snapshots(store, hub)
 
     async def open(self, scope: Scope, receive: Receive, topics: Sequence[str],
                    last_id: str | None, finished: bool | None,

@@ -54,10 +54,10 @@ class RelayApp(Starlette):
         # Chosen here rather than in a coroutine of its own: an open stream keeps every frame
         # of its call stack, per subscriber, for as long as it is open.
         if scope["type"] == "http":
-            app = next((fast for serves, fast in self.fast if serves(scope)), None)
-            if app is not None:
-                await app(scope, receive, send)
-                return
+            for serves, fast in self.fast:
+                if serves(scope):
+                    await fast(scope, receive, send)
+                    return
             if access.enabled():
                 await access.logged(super().__call__, scope, receive, send)
                 return

@@ -34,6 +34,7 @@ class Access:
     def __init__(self, keys: Collection[str], tokens: Tokens) -> None:
         self.keys = tuple(keys)
         self.tokens = tokens
+        self._fingerprints = {key: key_fingerprint(key) for key in self.keys}
 
     @property
     def open(self) -> bool:
@@ -47,20 +48,28 @@ class Access:
     def key_id(self, request: Request) -> str:
         """The fingerprint of the API key the caller holds, directly or through a session
         token; 401 when it holds none that is configured."""
-        given = _bearer(request.headers.get("authorization"))
+        return self._key_id(request.headers.get("authorization"))
+
+    def _key_id(self, authorization: str | None) -> str:
+        given = _bearer(authorization)
         key = _named_key(given, self.keys)
         if key is not None:
-            return key_fingerprint(key)
+            return self._fingerprints[key]
         through = self.tokens.session_key(given) if given else None
-        if through is not None and through in {key_fingerprint(k) for k in self.keys}:
+        if through is not None and through in self._fingerprints.values():
             return through
         raise ApiError("a valid API key is required (Authorization: Bearer <key>)",
                        status=401, code="unauthorized")
 
     def grant(self, request: Request) -> Grant:
         """What the caller may see: its `?token=`'s grant, else everything with an API key."""
-        token = request.query_params.get("token")
+        return self.grant_for(request.query_params.get("token"),
+                              request.headers.get("authorization"))
+
+    def grant_for(self, token: str | None, authorization: str | None) -> Grant:
+        """`grant`, given the request's `?token=` and `Authorization` header."""
         if token:
             return self.tokens.read_subscribe_token(token)
-        self.require_key(request)
+        if self.keys:
+            self._key_id(authorization)
         return FULL_ACCESS

@@ -2,10 +2,10 @@
 
 The hottest route of the relay, so it is a plain ASGI app, reached before Starlette's router
 and middlewares (relay.http.RelayApp), that does their part itself: the request id, the error
-envelope, the access line, counting each outcome. The order matters: find the provider, check the content
-type and the declared length, check what the headers can prove before reading the body
-(relay.ingest.webhooks.admit), read the body under its cap, prove it over the raw bytes,
-then parse, normalise and store. Only a committed update is answered 202; a repeat is a 200.
+envelope, the access line, counting each outcome. The order matters: find the provider, check
+the content type and the declared length, check what the headers can prove before reading
+the body (relay.ingest.webhooks.admit), read the body under its cap, prove it over the raw
+bytes, then parse, normalise and store. Only a committed update is answered 202; a repeat is a 200.
 """
 
 from __future__ import annotations

@@ -58,7 +58,8 @@ class LimitedProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._expect(self.limits.header_timeout)
+        if self._deadline is None:  # a kept-alive connection's next request (the first
+            self._expect(self.limits.header_timeout)  # has had its deadline since it opened)
 
     def on_headers_complete(self) -> None:
         super().on_headers_complete()
