@@ -324,6 +324,42 @@ async def test_a_crowd_joining_while_nothing_changes_shares_reads_and_misses_no_
                 connection.close()
 
 
+async def test_snapshots_are_reused_only_for_a_while_and_only_so_many_of_them():
+    from types import SimpleNamespace
+
+    from relay.fanout.resume import Snapshots
+    from relay.store import open_store
+
+    store = open_store("memory://")
+    await store.open()
+    reads: list[Any] = []
+    read_latest = store.latest
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        reads.append(args[0])
+        return await read_latest(*args, **kwargs)
+
+    store.latest = counted  # type: ignore[method-assign]
+    hub = SimpleNamespace(passed=0)
+    snapshots = Snapshots(store, hub)  # type: ignore[arg-type]
+    snapshots.KEPT = 10
+    try:
+        for i in range(25):
+            await snapshots.latest([f"topic:{i}"])
+        await snapshots.latest(["topic:24"])  # among the last ten kept: no read
+        await snapshots.latest(["topic:0"])  # forgotten: read again
+        assert reads == [(f"topic:{i}",) for i in range(25)] + [("topic:0",)]
+
+        hub.passed += 1  # an event passed: nothing kept is current
+        await snapshots.latest(["topic:24"])
+        snapshots.REUSE_FOR = 0.0  # a read is kept for no time at all
+        await snapshots.latest(["topic:1"])
+        await snapshots.latest(["topic:1"])
+        assert reads[-3:] == [("topic:24",), ("topic:1",), ("topic:1",)]
+    finally:
+        await store.close()
+
+
 async def test_shutdown_ends_1000_open_streams_and_a_stuck_one_within_seconds():
     raise_open_files_limit(4096)
     app = create_app(make_settings())

@@ -80,7 +80,8 @@ class Snapshots:
 
     REUSE_FOR = 1.0
     KEPT = 1024
-    """Topic sets whose read is kept, the oldest forgotten first."""
+    """Topic sets whose read is kept at most: those of the last second, the oldest forgotten
+    first."""
 
     def __init__(self, store: Store, hub: Hub) -> None:
         self.store = store
@@ -122,10 +123,14 @@ class Snapshots:
             del self._readers[key]
 
     def _keep(self, key: tuple[str, ...], kept: tuple[int, float, list[Frame]]) -> None:
-        self._kept.pop(key, None)
-        if len(self._kept) >= self.KEPT:
-            del self._kept[next(iter(self._kept))]
-        self._kept[key] = kept
+        kept_ones = self._kept
+        kept_ones.pop(key, None)
+        now = asyncio.get_running_loop().time()
+        # Kept in the order they were read, so the first is the first to expire.
+        while kept_ones and (len(kept_ones) >= self.KEPT
+                             or next(iter(kept_ones.values()))[1] <= now):
+            del kept_ones[next(iter(kept_ones))]
+        kept_ones[key] = kept
 
 
 async def first_page(store: Store, snapshots: Snapshots, topics: Sequence[str],
