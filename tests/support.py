@@ -105,6 +105,15 @@ class SSEStream:
     async def take(self, count: int, timeout: float = 5.0) -> list[SSEEvent]:
         return [await self.next(timeout) for _ in range(count)]
 
+    async def reset_then(self, reason: str, current: Mapping[str, Any]) -> None:
+        """Assert what a resume relay cannot place exactly gets: `relay.reset` of `reason`
+        (no id), then `current` (jobs by id) as `job.updated` events, in any order."""
+        reset = await self.next()
+        assert (reset.event, reset.id, reset.data) == ("relay.reset", None, {"reason": reason})
+        snapshot = await self.take(len(current))
+        assert {event.event for event in snapshot} == {"job.updated"}
+        assert {event.data["id"]: event.data for event in snapshot} == current
+
     async def closed(self, timeout: float = 5.0) -> bool:
         """True once the server ends the stream (with no further event)."""
         with contextlib.suppress(StopAsyncIteration):
@@ -141,6 +150,12 @@ class SSEStream:
             self.retry = int(value)
         else:
             fields[name] = fields[name] + "\n" + value if name in fields else value
+
+
+async def current_jobs(client: httpx.AsyncClient, provider: str) -> dict[str, Any]:
+    """The jobs of `provider` as `GET /v1/jobs` lists them, by id."""
+    listed = (await client.get("/v1/jobs", params={"provider": provider})).json()["jobs"]
+    return {job["id"]: job for job in listed}
 
 
 @contextlib.asynccontextmanager

@@ -30,7 +30,7 @@ from relay.store import finished, open_store
 from relay.store.redis import RedisStore
 from relay.store.retention import Retention
 from relay.store.sqlite import SQLiteStore
-from tests.support import Relay, eventually, make_settings, redis_url, sse
+from tests.support import Relay, current_jobs, eventually, make_settings, redis_url, sse
 from tests.test_outbound import Consumer, serving_consumer, subscribe
 
 pytestmark = pytest.mark.anyio
@@ -117,16 +117,11 @@ async def test_a_resume_from_before_the_sweep_gets_relay_reset_then_the_current_
         sweep_between(retention, await job(relay, old["job_id"]),
                       await job(relay, recent["job_id"]))
         assert await retention.sweep() == 1
-        current = {j["id"]: j for j in (await relay.client.get(
-            "/v1/jobs", params={"provider": "gen"})).json()["jobs"]}
+        current = await current_jobs(relay.client, "gen")
 
         async with sse(relay.client, "/v1/events?topic=provider:gen",
                        last_event_id=before) as stream:
-            reset = await stream.next()
-            assert (reset.event, reset.id, reset.data) == (
-                "relay.reset", None, {"reason": CURSOR_EXPIRED})
-            snapshot = await stream.take(len(current))
-            assert {e.data["id"]: e.data for e in snapshot} == current
+            await stream.reset_then(CURSOR_EXPIRED, current)
             await report(relay, "running")
             live = await stream.next()
             assert (live.data["external_id"], live.data["state"]) == ("running", "succeeded")

@@ -35,6 +35,7 @@ from tests.support import (
     RelayProcess,
     SSEEvent,
     SSEStream,
+    current_jobs,
     eventually,
     free_port,
     make_settings,
@@ -271,17 +272,11 @@ async def test_a_cursor_older_than_retention_gets_relay_reset_then_the_current_s
                 assert answer.status_code == 202
 
         await asyncio.gather(*(progress(name) for name in ("x", "y", "z")))
-        current = {job["id"]: job for job in (await relay.client.get(
-            "/v1/jobs", params={"provider": "gen"})).json()["jobs"]}
+        current = await current_jobs(relay.client, "gen")
 
         async with sse(relay.client, "/v1/events?topic=provider:gen",
                        last_event_id=expired) as stream:
-            reset = await stream.next()
-            assert (reset.event, reset.id, reset.data) == (
-                "relay.reset", None, {"reason": CURSOR_EXPIRED})
-            snapshot = await stream.take(len(current))
-            assert {e.event for e in snapshot} == {"job.updated"}
-            assert {e.data["id"]: e.data for e in snapshot} == current
+            await stream.reset_then(CURSOR_EXPIRED, current)
             await relay.webhook({"id": "x", "status": "COMPLETED"})
             live = await stream.next()
             assert (live.data["external_id"], live.data["state"]) == ("x", "succeeded")

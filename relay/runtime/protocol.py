@@ -58,8 +58,10 @@ class LimitedProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        if self._deadline is None:  # a kept-alive connection's next request (the first
-            self._expect(self.limits.header_timeout)  # has had its deadline since it opened)
+        # A kept-alive connection's next request; the first has had its deadline since the
+        # connection opened.
+        if self._deadline is None:
+            self._expect(self.limits.header_timeout)
 
     def on_headers_complete(self) -> None:
         super().on_headers_complete()
