@@ -3,6 +3,7 @@ the key prefix, and the one place `redis.RedisError` becomes `StoreError`."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
@@ -40,8 +41,21 @@ class Connection:
 
 @contextlib.asynccontextmanager
 async def translated() -> AsyncIterator[None]:
-    """redis-py's errors become StoreError here, for every part of the Redis store."""
+    """redis-py's errors become StoreError here, for every part of the Redis store; and a
+    cancellation redis-py swallowed is raised again."""
     try:
         yield
     except RedisError as exc:
+        _cancelled_meanwhile()
         raise StoreError(f"Redis failed: {exc}") from exc
+    _cancelled_meanwhile()
+
+
+def _cancelled_meanwhile() -> None:
+    # A cancel landing while redis-py (8.2) is inside a command is sometimes swallowed: the
+    # command returns as if nothing happened, and a task looping over commands never ends
+    # (a relay's shutdown waited forever on its retention loop). The task still counts the
+    # request (`cancelling`), so it is delivered here.
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
