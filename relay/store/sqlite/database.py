@@ -1,15 +1,20 @@
-"""The connections to one SQLite file, shared by the store and its outbox: one writer thread
-with its connection (every write goes there, in order), and a pool of reader threads with a
-connection each, which WAL lets read beside the writer. `sqlite3.Error` ends here as
-`StoreError`.
+"""The connections to one SQLite file, shared by the store and its outbox: one writer
+connection with a thread of its own, and a pool of reader threads with a connection each,
+which WAL lets read beside the writer. `sqlite3.Error` ends here as `StoreError`.
+
+The writer connection belongs to one caller at a time (`writing`, or `on_writer` for one
+step). A step that can wait (for the disk, or for another process's write lock) runs on the
+writer thread; the store's batches of webhooks also run steps on the event loop, which only
+touch pages SQLite holds in memory (see relay.store.sqlite.store).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -18,6 +23,8 @@ from relay.errors import StoreError
 T = TypeVar("T")
 
 READERS = 4
+BUSY_TIMEOUT_MS = 30_000
+"""How long a connection waits for another's lock before failing."""
 
 
 class Database:
@@ -28,6 +35,7 @@ class Database:
         # closing their connections (a thread still reading a closed one crashes the process).
         self._reader_pool = ThreadPoolExecutor(READERS, thread_name_prefix="relay-sqlite-reader")
         self._write_conn: sqlite3.Connection | None = None
+        self._writing = asyncio.Lock()
         self._readers = threading.local()
         self._read_conns: list[sqlite3.Connection] = []
 
@@ -46,21 +54,32 @@ class Database:
     def connect(self) -> sqlite3.Connection:
         try:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
-                                   timeout=30)
+                                   timeout=BUSY_TIMEOUT_MS / 1000)
             conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA busy_timeout=30000")
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open SQLite database {self.path!r}: {exc}") from exc
         return conn
 
     @property
     def writer(self) -> sqlite3.Connection:
-        """The writer's connection: touch it only on the writer thread (`on_writer`)."""
+        """The writer's connection: touch it only inside `on_writer` or `writing`."""
         if self._write_conn is None:
             raise StoreError("the store is not open")
         return self._write_conn
 
     async def on_writer(self, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args)` on the writer thread, the writer connection its alone."""
+        async with self.writing() as on_thread:
+            return await on_thread(fn, *args)
+
+    @contextlib.asynccontextmanager
+    async def writing(self) -> AsyncIterator[Callable[..., Awaitable[Any]]]:
+        """The writer connection, this caller's alone until the block ends; what it yields
+        runs a step on the writer thread."""
+        async with self._writing:
+            yield self._on_thread
+
+    async def _on_thread(self, fn: Callable[..., T], *args: Any) -> T:
         try:
             return await asyncio.get_running_loop().run_in_executor(self._writer, fn, *args)
         except sqlite3.Error as exc:
