@@ -69,8 +69,8 @@ class Database:
 
     async def on_writer(self, fn: Callable[..., T], *args: Any) -> T:
         """`fn(*args)` on the writer thread, the writer connection its alone."""
-        async with self.writing() as on_thread:
-            return await on_thread(fn, *args)
+        async with self._writing:
+            return await self._on_thread(fn, *args)
 
     @contextlib.asynccontextmanager
     async def writing(self) -> AsyncIterator[Callable[..., Awaitable[Any]]]:
