@@ -551,7 +551,8 @@ async def test_concurrent_webhooks_share_one_commit(tmp_path):
     async with running_relay(make_settings(store=f"sqlite:///{database}")) as relay:
         store: Any = relay.store
         # Another connection holds SQLite's write lock, so the relay's first commit waits
-        # and every webhook that arrives meanwhile queues behind it.
+        # (on the writer thread: the event loop, which this test runs on, goes on) and every
+        # webhook that arrives meanwhile queues behind it.
         blocker = sqlite3.connect(database, isolation_level=None)
         blocker.execute("BEGIN IMMEDIATE")
         count = 40

@@ -3,9 +3,9 @@ connection with a thread of its own, and a pool of reader threads with a connect
 which WAL lets read beside the writer. `sqlite3.Error` ends here as `StoreError`.
 
 The writer connection belongs to one caller at a time (`writing`, or `on_writer` for one
-step). A step that can wait (for the disk, or for another process's write lock) runs on the
-writer thread; the store's batches of webhooks also run steps on the event loop, which only
-touch pages SQLite holds in memory (see relay.store.sqlite.store).
+step). Sweeps, compaction, the outbox's writes and any wait for another process's write lock
+run on the writer thread; the store's batches of webhooks run their transaction on the event
+loop, COMMIT's fsync included (relay.store.sqlite.store says why).
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@ each, and each caller is answered only after that commit. The database is in WAL
 `synchronous=FULL`, so a committed update survives a crash or power loss. The transaction
 runs on the event loop, BEGIN to COMMIT and its fsync (a millisecond or less on an SSD): run
 on the writer thread, its merges took turns with the event loop for the GIL, and the event
-loop saw each commit end only after a round of other work, 4-5 ms later; a batch there cost
-90 us more CPU per webhook and capped ingest at two thirds of the rate it reaches now
+loop saw each commit end only after a round of other work, 4-5 ms later: that cost about
+90 us more CPU per webhook and a fifth of the webhooks per second
 (tests/benchmarks/bench_ingest.py). The webhooks that arrive meanwhile make the next batch.
 Only a wait for another process's write lock goes to the writer thread. Reads use their own
 connections (one per thread), which WAL lets run beside the writer.
@@ -262,9 +262,9 @@ class SQLiteStore(Store):
         writer thread."""
         async with self._db.writing() as on_thread:
             conn = self._db.writer
-            if not _begin_at_once(conn):
-                await on_thread(conn.execute, "BEGIN IMMEDIATE")
             try:
+                if not _begin_at_once(conn):
+                    await on_thread(conn.execute, "BEGIN IMMEDIATE")
                 foreign = self._catch_up(conn)
                 batch = _Batch(conn, self._jobs, self._max_seq, self.cursors)
                 results = [batch.apply(write) for write in writes]
