@@ -1,10 +1,11 @@
 """Crash safety with real processes: a relay killed with SIGKILL in the middle of a burst of
-webhooks has, once restarted on the same SQLite file, every webhook it had acknowledged, and
-replays them over SSE; none that it refused is there.
+webhooks has, once restarted on the same store (the SQLite file, or the Redis), every webhook
+it had acknowledged, and replays them over SSE; none that it refused is there.
 
-A 202 is only sent after the commit (synchronous=FULL), so what was acknowledged is on disk
-whatever the moment of the kill. Deliveries in flight at the kill have no answer: they may or
-may not be stored, as their sender would retry them anyway.
+A 202 is only sent after the commit (SQLite: synchronous=FULL; Redis: the script call has
+returned), so what was acknowledged is stored whatever the moment of the kill. Deliveries in
+flight at the kill have no answer: they may or may not be stored, as their sender would retry
+them anyway.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import pytest
 from relay.models import Job, Source
 from relay.signing import sync_signature_header
 from relay.store.sqlite import SQLiteStore
-from tests.support import RelayProcess, eventually, free_port, sse
+from tests.support import RelayProcess, eventually, free_port, redis_url, sse
 
 pytestmark = pytest.mark.anyio
 
@@ -32,9 +33,10 @@ KILL_AFTER = 120  # acknowledged deliveries before the SIGKILL
 CLIENTS = 32  # concurrent connections
 
 
-def write_config(tmp_path: Path) -> Path:
+def write_config(tmp_path: Path, store: str | None = None) -> Path:
     config = tmp_path / "relay.toml"
-    config.write_text(f'[server]\nstore = "sqlite:///{tmp_path}/relay.db"\n\n'
+    store = store or f"sqlite:///{tmp_path}/relay.db"
+    config.write_text(f'[server]\nstore = "{store}"\n\n'
                       f'[providers.lipsync]\nschema = "generation"\n'
                       f'webhook_secret = "{SECRET}"\n')
     return config
@@ -105,9 +107,10 @@ async def stored_jobs(client: httpx.AsyncClient) -> set[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
 async def test_sigkill_mid_burst_loses_no_acknowledged_webhook_and_keeps_no_refused_one(
-        tmp_path):
-    config = write_config(tmp_path)
+        tmp_path, kind):
+    config = write_config(tmp_path, redis_url() if kind == "redis" else None)
     good = {f"good-{i}": SECRET for i in range(GOOD)}
     bad = {f"bad-{i}": "not-the-secret" for i in range(BAD)}
     jobs: dict[str, str] = {}
