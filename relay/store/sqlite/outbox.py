@@ -3,8 +3,8 @@
 Deliveries are rows added by the writer in the transaction that appends their event
 (`Enqueuer`, used by the writer's batch), so a delivery is durable exactly when its event is.
 A delivery's payload is its event's row (`seq`): nothing is copied. Everything else goes through
-the writer thread too, each call in one transaction; the outbound worker batches its outcomes,
-so recording them costs a commit per batch, not per delivery.
+the writer connection too, on its thread, each call in one transaction; the outbound worker
+batches its outcomes, so recording them costs a commit per batch, not per delivery.
 
 The head of a (subscription, job) queue is its pending row with no older pending row.
 

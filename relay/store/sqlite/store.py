@@ -455,7 +455,8 @@ _Key = tuple[str, str]
 
 class _JobCache:
     """The current job of recently written (provider, external_id) pairs, as committed, so
-    an update need not read and decode its job again. Only the writer thread touches it."""
+    an update need not read and decode its job again. Only the holder of the writer
+    connection (`Database.writing`) touches it."""
 
     def __init__(self, size: int = MAX_CACHED) -> None:
         self.size = size
