@@ -5,11 +5,10 @@ outbound service each read it with.
                                a page       a page      waited   the log moved    from the
                                (in order)               `wait`   on without us    newest on
 
-It yields each page of new events in order; an empty page after each time it waited (up to
-`wait()` seconds) for more, so a consumer with work of its own between pages gets its turn;
-and a `Gap`
-when the events after its cursor can no longer all be read: older than the store keeps, or the
-store was reset under it. What a gap means is the consumer's business (the hub ends its
+It yields each page of new events in order; an empty page when it waited (up to `wait()`
+seconds) and none came, so a consumer with work of its own between pages gets its turn; and a
+`Gap` when the events after its cursor can no longer all be read: older than the store keeps,
+or the store was reset under it. What a gap means is the consumer's business (the hub ends its
 streams, which resume on their own; the scheduler rebuilds its schedule from the jobs); the
 follower goes on from the newest event. A store that fails is retried after RETRY seconds,
 logged once per failure.
@@ -51,6 +50,7 @@ async def follow(store: Store, cursor: str | None, *, page: int = PAGE,
             events = await store.read_since(cursor, limit=page)
             if not events:
                 await store.wait(cursor, timeout=wait())
+                events = await store.read_since(cursor, limit=page)
         except CursorError as exc:
             lost = exc
         except StoreError:
