@@ -8,11 +8,12 @@ This module imports nothing from relay.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple, Protocol
 
 JSON = dict[str, Any]
 OPS_TOPIC = "relay:ops"
@@ -159,14 +160,91 @@ class Job:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
-    """One stored change of a job. `cursor` is opaque and orders events within a store."""
+class Head(Protocol):
+    """What the readers of the log ask of every event (which subscribers want it, whether
+    the poll scheduler must act), answerable without decoding the whole job: a `Job` is one,
+    and so is the `JobHead` a store keeps beside a job it hands over still encoded."""
 
+    @property
+    def id(self) -> str: ...
+    @property
+    def provider(self) -> str: ...
+    @property
+    def external_id(self) -> str: ...
+    @property
+    def state(self) -> State: ...
+    @property
+    def version(self) -> int: ...
+    @property
+    def topics(self) -> tuple[str, ...]: ...
+    @property
+    def terminal(self) -> bool: ...
+
+
+class JobHead(NamedTuple):
+    """A job's head, kept beside its JSON (a named tuple: made for every event an instance
+    reads, it costs a third of a frozen dataclass)."""
+
+    id: str
+    provider: str
+    external_id: str
+    state: State
+    version: int
+    topics: tuple[str, ...]
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL
+
+
+class Event:
+    """One stored change of a job. `cursor` is opaque and orders events within a store.
+
+    `head` answers the questions every reader of the log asks of every event. A store may
+    hand the job over still in its JSON (`Event.encoded`), decoded when `job` is first read:
+    an instance on a shared log reads every event any instance writes, and most of them only
+    to find that no one here wants them.
+    """
+
+    __slots__ = ("_body", "_job", "cursor", "head", "received_at", "source")
     cursor: str
-    job: Job
+    head: Head
     source: Source
     received_at: str
+
+    def __init__(self, cursor: str, job: Job, source: Source, received_at: str) -> None:
+        self.cursor, self.head, self.source, self.received_at = cursor, job, source, received_at
+        self._job: Job | None = job
+        self._body = ""
+
+    @classmethod
+    def encoded(cls, cursor: str, head: JobHead, body: str, source: Source,
+                received_at: str) -> Event:
+        """The event of the job whose JSON (`Job.to_dict`) is `body` and whose head is `head`."""
+        event = cls.__new__(cls)
+        event.cursor, event.head, event.source, event.received_at = (
+            cursor, head, source, received_at)
+        event._job, event._body = None, body
+        return event
+
+    @property
+    def job(self) -> Job:
+        if self._job is None:
+            self._job = Job.from_dict(json.loads(self._body))
+            self._body = ""
+        return self._job
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Event):
+            return NotImplemented
+        return (self.cursor, self.source, self.received_at, self.job) == (
+            other.cursor, other.source, other.received_at, other.job)
+
+    __hash__ = None  # type: ignore[assignment]  # as a dataclass with eq and no frozen
+
+    def __repr__(self) -> str:
+        return (f"Event(cursor={self.cursor!r}, job={self.job!r}, source={self.source!r}, "
+                f"received_at={self.received_at!r})")
 
     def to_dict(self) -> JSON:
         return {

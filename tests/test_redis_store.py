@@ -34,8 +34,9 @@ async def test_two_instances_applying_to_one_job_serialise_without_losing_a_chan
         await second.close()
 
 
-async def test_an_event_written_by_one_instance_wakes_a_reader_on_another():
-    url = redis_url()
+@pytest.mark.parametrize("protocol", ["2", "3"])  # the reader parses XREAD's answer itself
+async def test_an_event_written_by_one_instance_wakes_a_reader_on_another(protocol):
+    url = redis_url(protocol=protocol)
     writer, reader = open_store(url), open_store(url)
     await writer.open()
     await reader.open()
@@ -161,5 +162,23 @@ async def test_a_task_cancelled_in_the_middle_of_redis_commands_ends():
             done, _ = await asyncio.wait([task], timeout=5)
             assert done, "the task went on after it was cancelled"
             assert task.cancelled()
+    finally:
+        await store.close()
+
+
+async def test_writes_go_on_after_redis_forgot_the_scripts():
+    """As after a Redis restart: the apply script is sent again when Redis no longer has it."""
+    import redis.asyncio as aioredis
+
+    store = open_store(redis_url())
+    await store.open()
+    try:
+        await put(store, job("a"))
+        client = aioredis.Redis.from_url("redis://127.0.0.1:6379/0")
+        await client.script_flush()
+        await client.aclose()
+        applied = await store.apply("p", "a", bump(), source=Source.WEBHOOK, received_at=NOW)
+        assert applied.job.version == 2
+        assert [e.job.version for e in await store.history(applied.job.id)] == [1, 2]
     finally:
         await store.close()

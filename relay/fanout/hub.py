@@ -233,7 +233,7 @@ class Hub:
                 self._dispatch(event, now)
 
     def _dispatch(self, event: Event, now: datetime) -> None:
-        targets = self._targets(event.job.topics)
+        targets = self._targets(event.head.topics)
         if not targets:
             return
         frame = encode(event)
@@ -286,7 +286,7 @@ class Hub:
         found = [members for topic in topics if (members := self._by_topic.get(topic))]
         if len(found) == 1:
             return list(found[0])
-        return set().union(*found)
+        return set().union(*found) if found else ()
 
     def _drop(self, subscriber: Subscriber, why: str) -> None:
         logger.info("dropping a subscriber: %s", why)

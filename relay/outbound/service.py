@@ -230,5 +230,5 @@ class Outbound:
             for running in self.workers.values():
                 if running.worker.health.status is SubscriptionStatus.FAILING:
                     continue
-                if any(running.subscription.takes_topics(event.job.topics) for event in page):
+                if any(running.subscription.takes_topics(event.head.topics) for event in page):
                     running.worker.wake.set()

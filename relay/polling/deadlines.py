@@ -21,7 +21,7 @@ import time
 from relay.config import Providers
 from relay.errors import StoreError
 from relay.ingest.recorder import Recorder
-from relay.models import Job, State
+from relay.models import Head, State
 from relay.polling.schedule import Schedule, seconds_since
 from relay.runtime.metrics import Metrics
 
@@ -46,13 +46,13 @@ class Deadlines:
     def __len__(self) -> int:
         return len(self._jobs)
 
-    def wants(self, job: Job) -> bool:
+    def wants(self, job: Head) -> bool:
         """Whether `job` should have a deadline it has not got yet."""
         provider = self.providers.get(job.provider)
         return (provider is not None and provider.max_job_age > 0 and not job.terminal
                 and job.id not in self._jobs)
 
-    def watch(self, job: Job, tracked_at: str | None, now: float) -> None:
+    def watch(self, job: Head, tracked_at: str | None, now: float) -> None:
         """Give `job`, tracked since `tracked_at` (ISO 8601), its deadline (`now` monotonic)."""
         if not self.wants(job):
             return

@@ -202,29 +202,29 @@ class Scheduler:
     def _deadline(self, event: Event, now: float, unplaced: dict[str, Job]) -> None:
         """A job's first event starts its deadline; one first seen later (the log was lost
         meanwhile) goes into `unplaced`, to have its history read."""
-        job = event.job
-        if job.terminal:
-            unplaced.pop(job.id, None)
-            self.deadlines.forget(job.id)
-        elif job.version == 1:
-            self.deadlines.watch(job, event.received_at, now)
-        elif self.deadlines.wants(job):
-            unplaced[job.id] = job
+        head = event.head
+        if head.terminal:
+            unplaced.pop(head.id, None)
+            self.deadlines.forget(head.id)
+        elif head.version == 1:
+            self.deadlines.watch(head, event.received_at, now)
+        elif self.deadlines.wants(head):
+            unplaced[head.id] = event.job
 
     def _observe(self, event: Event, now: float, fresh: dict[str, Job]) -> None:
         """Note one event of the log; jobs new to the scheduler go into `fresh`."""
-        job = event.job
-        poller = self.pollers.get(job.provider)
+        head = event.head
+        poller = self.pollers.get(head.provider)
         if poller is None:
             return
-        if job.terminal:
-            fresh.pop(job.id, None)
-            self._finished(poller, job.id, job.external_id)
-        elif job.external_id in poller.jobs:
+        if head.terminal:
+            fresh.pop(head.id, None)
+            self._finished(poller, head.id, head.external_id)
+        elif head.external_id in poller.jobs:
             if event.source is Source.WEBHOOK:
-                poller.heard(job.external_id, now)
-        elif not self.leases.is_waiting(job.id):
-            fresh[job.id] = job
+                poller.heard(head.external_id, now)
+        elif not self.leases.is_waiting(head.id):
+            fresh[head.id] = event.job
 
     def _finished(self, poller: Poller, job_id: str, external_id: str) -> None:
         held = external_id in poller.jobs

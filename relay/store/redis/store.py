@@ -12,13 +12,15 @@ the script answers "conflict" with the job as it is, and the write is run again 
 The stream is trimmed to about `retention` entries; a cursor older than what is kept raises
 `CursorExpired`.
 
-Keys, under the prefix: `events` (stream), `job:<id>` (hash: v version, c entry id, j job,
-s source, r received_at), `key:<provider>:<external_id>` (id), `jobs` (sorted set, tracking
-order), `seq` (counter), `topic:<topic>` and `state:<state>` (sets of ids), `history:<id>`
-(list of entry ids), `dedupe:<key>`, `secret:<name>`,
-`lease:<name>` (its owner, with a TTL), `finished` (sorted set: terminal jobs by when they
-finished, for retention; `finished:indexed` once jobs written before it were added), and the
-outbox's (relay.store.redis_outbox). Keys span slots: one Redis, not a cluster.
+Keys, under the prefix: `events` (stream: j job, s source, r received_at, and the job's head,
+which the log's readers mostly need alone: i id, p provider, x external id, t state, v version,
+T topics), `job:<id>` (hash: v version, c entry id, j job, s source, r received_at),
+`key:<provider>:<external_id>` (id), `jobs` (sorted set, tracking order), `seq` (counter),
+`topic:<topic>` and `state:<state>` (sets of ids), `history:<id>` (list of entry ids),
+`dedupe:<key>`, `secret:<name>`, `lease:<name>` (its owner, with a TTL), `finished` (sorted
+set: terminal jobs by when they finished, for retention; `finished:indexed` once jobs written
+before it were added), and the outbox's (relay.store.redis_outbox). Keys span slots: one
+Redis, not a cluster.
 
 Retention: `sweep` deletes a batch of finished jobs per script call: the job, its index
 entries, its events (XDEL by the entry ids in `history:<id>`, not a trim by age, which would
@@ -32,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import hashlib
 import json
 import logging
 import re
@@ -40,15 +43,15 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from relay.errors import CursorExpired, StoreError, UnknownCursor
-from relay.models import TERMINAL, Event, Job, Source, State
+from relay.models import TERMINAL, Event, Job, JobHead, Source, State
 from relay.runtime.tasks import cancel_all
 from relay.store import Applied, Change, JobQuery, Store, finished
 from relay.store.cursors import EPOCH, Cursors, new_epoch
 from relay.store.health import WriteHealth
-from relay.store.redis.client import Connection, translated
+from relay.store.redis.client import Connection, Dedicated, translated
 from relay.store.redis.leases import RedisLeases
 from relay.store.redis.outbox import (
     ENQUEUE_LUA,
@@ -62,15 +65,21 @@ _COMPACT = json.JSONEncoder(separators=(",", ":"))
 MAX_ATTEMPTS = 100
 MAX_BATCH = 500
 READ_BLOCK = 0.25  # seconds the log reader blocks at a time: how long closing waits for it
-READ_LINGER = 0.005
+READ_LINGER = 0.02
 """Seconds the log reader waits after a read that found the log busy (more than one new
-event), so that the next read takes a page rather than an event or two: each XREAD costs
-about what decoding ten events does. An event alone is read at once."""
+event), so that the next read takes a page rather than an event or two: each read, with the
+wake-up of the hub, scheduler and outbound that follows it, costs what taking some fifty
+events does. An event alone is read at once; a busy log's events reach SSE streams up to this
+much later."""
 PAGE = 1000
 MAX_TAIL = 4096
 MAX_CACHED = 4096
 MAX_BLOCK = 5.0  # seconds; below the client's socket timeout, so a blocking read never trips it
 SCAN_CAP = 20_000
+_FIELDS = ["j", "s", "r", "i", "p", "x", "t", "v", "T"]  # of an event, as _APPLY writes them
+# By value: a dict lookup costs a quarter of calling the enum, for every event read.
+_STATES = {state.value: state for state in State}
+_SOURCES = {source.value: source for source in Source}
 _CURSOR = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")  # ASCII: \d would take "²" too
 
 # ARGV: prefix, retention, dedupe ttl, then ITEM arguments per write:
@@ -106,8 +115,10 @@ local function apply(a)
   end
   if dedupe ~= '' then redis.call('SET', P .. 'dedupe:' .. dedupe, '1', 'EX', ttl) end
   if body == '' then return {'unchanged'} end
+  -- the fields in the order of _FIELDS
   local cursor = redis.call('XADD', P .. 'events', 'MAXLEN', '~', retention, '*',
-    'j', body, 's', a[5], 'r', a[6])
+    'j', body, 's', a[5], 'r', a[6], 'i', id, 'p', a[12], 'x', a[13], 't', a[9], 'v', a[7],
+    'T', a[11])
   redis.call('HSET', job, 'v', a[7], 'c', cursor, 'j', body, 's', a[5], 'r', a[6])
   redis.call('RPUSH', P .. 'history:' .. id, cursor)
   if expected < 0 then
@@ -178,7 +189,8 @@ class RedisStore(Store):
         self.outbox = RedisOutbox(self.connection, self.cursors)
         self.leases = RedisLeases(self.connection)
         self.health = WriteHealth(f"Redis {prefix}")
-        self._apply_script = self.redis.register_script(_APPLY)
+        self._apply_sha = hashlib.sha1(_APPLY.encode()).hexdigest()
+        self._writing = Dedicated(self.connection)  # the writer loop's
         self._sweep_script = self.redis.register_script(_SWEEP)
         self._swept = "0-0"  # the newest event this instance's sweeps deleted
         self._writes: asyncio.Queue[tuple[_Write, asyncio.Future[Applied]]] = asyncio.Queue()
@@ -224,6 +236,7 @@ class RedisStore(Store):
             await asyncio.wait([self._reader], timeout=4 * READ_BLOCK)
         await cancel_all([task for task in (self._writer, self._reader) if task is not None])
         self._writer = self._reader = None
+        await self._writing.close()
         await self.connection.aclose()
 
     async def ping(self) -> None:
@@ -340,9 +353,13 @@ class RedisStore(Store):
         return True
 
     async def _run(self, items: list[str | int]) -> list[list[str]]:
+        args = [self.prefix, self.retention, max(1, int(self.dedupe_window)), *items]
         async with translated():
-            answers: list[list[str]] = await self._apply_script(
-                args=[self.prefix, self.retention, max(1, int(self.dedupe_window)), *items])
+            try:
+                answers: list[list[str]] = await self._writing.call(
+                    "EVALSHA", self._apply_sha, 0, *args)
+            except NoScriptError:  # Redis restarted, or its scripts were flushed
+                answers = await self._writing.call("EVAL", _APPLY, 0, *args)
         self.health.succeeded()
         return answers
 
@@ -572,34 +589,61 @@ class RedisStore(Store):
     async def _read_loop(self) -> None:
         """The one reader of the log in this instance: every event, once, into the tail that
         the hub, the scheduler and outbound read from (relay.store.follow)."""
-        failing = False
-        while not self._closing:
-            try:
-                async with translated():
-                    answer = await self.redis.xread({self._key("events"): self._tail.last},
-                                                    count=PAGE, block=int(READ_BLOCK * 1000))
-            except StoreError:
-                if not failing:
-                    logger.exception("could not read the Redis event log; retrying")
-                failing = True
-                await asyncio.sleep(1)
-                continue
-            failing = False
-            if answer:
-                entries = answer[0][1]
-                self._tail.extend([entry_id for entry_id, _ in entries],
-                                  [self._written.pop(c) if c in self._written
-                                   else self._event(c, fields) for c, fields in entries])
-                if len(self._written) > MAX_TAIL:  # written while the reader was failing
-                    self._written.clear()
-                changed, self._changed = self._changed, asyncio.Event()
-                changed.set()
-                if 1 < len(entries) < PAGE:
-                    await asyncio.sleep(READ_LINGER)
+        failing, reading = False, Dedicated(self.connection)
+        try:
+            while not self._closing:
+                try:
+                    async with translated():
+                        answer = await reading.call(
+                            "XREAD", "COUNT", PAGE, "BLOCK", int(READ_BLOCK * 1000),
+                            "STREAMS", self._key("events"), self._tail.last)
+                except StoreError:
+                    if not failing:
+                        logger.exception("could not read the Redis event log; retrying")
+                    failing = True
+                    await asyncio.sleep(1)
+                    continue
+                failing = False
+                if answer:  # RESP3 (redis-py's default) answers a map, RESP2 a list
+                    entries = (next(iter(answer.values())) if isinstance(answer, dict)
+                               else answer[0][1])
+                    self._add(entries)
+                    if 1 < len(entries) < PAGE:
+                        await asyncio.sleep(READ_LINGER)
+        finally:
+            await reading.close()
+
+    def _add(self, entries: list[list[Any]]) -> None:
+        """Take a page of the log (XREAD's entries: [entry id, [field, value, …]])."""
+        ids = [entry[0] for entry in entries]
+        events = [self._written.pop(entry_id) if entry_id in self._written
+                  else self._entry(entry_id, flat) for entry_id, flat in entries]
+        self._tail.extend(ids, events)
+        if len(self._written) > MAX_TAIL:  # written while the reader was failing
+            self._written.clear()
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    def _entry(self, entry_id: str, flat: list[str]) -> Event:
+        """The event of an entry as XREAD answers it: [field, value, …], in the order the
+        apply script writes them (taken by position: the reader makes one per event)."""
+        if flat[::2] != _FIELDS:
+            return self._event(entry_id, dict(zip(flat[::2], flat[1::2], strict=True)))
+        body, source, received_at, job_id, provider, external_id, state, version, topics = (
+            flat[1::2])
+        head = JobHead(job_id, provider, external_id, _STATES[state], int(version),
+                       tuple(json.loads(topics)))
+        return Event.encoded(self.cursors.cursor(entry_id), head, body, _SOURCES[source],
+                             received_at)
 
     def _event(self, entry_id: str, fields: dict[str, str]) -> Event:
-        return Event(self.cursors.cursor(entry_id), Job.from_dict(json.loads(fields["j"])),
-                     Source(fields["s"]), fields["r"])
+        cursor = self.cursors.cursor(entry_id)
+        if "T" not in fields:  # written before events carried their job's head
+            return Event(cursor, Job.from_dict(json.loads(fields["j"])), Source(fields["s"]),
+                         fields["r"])
+        head = JobHead(fields["i"], fields["p"], fields["x"], _STATES[fields["t"]],
+                       int(fields["v"]), tuple(json.loads(fields["T"])))
+        return Event.encoded(cursor, head, fields["j"], _SOURCES[fields["s"]], fields["r"])
 
 
 @dataclass(frozen=True, slots=True)
