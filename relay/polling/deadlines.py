@@ -58,8 +58,10 @@ class Deadlines:
             return
         age = self.providers[job.provider].max_job_age
         self._jobs[job.id] = (job.provider, job.external_id)
-        self.schedule.set(job.id, now + age - seconds_since(tracked_at))
-        self._wake.set()
+        due, earliest = now + age - seconds_since(tracked_at), self.schedule.next_due()
+        self.schedule.set(job.id, due)
+        if earliest is None or due < earliest:  # else `run` is waiting for an earlier one
+            self._wake.set()
 
     def forget(self, job_id: str) -> None:
         """The job is terminal: it needs no deadline."""

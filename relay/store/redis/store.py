@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -325,8 +326,8 @@ class RedisStore(Store):
             new.version if new is not None else 0,
             current.state.value if current is not None else "",
             new.state.value if new is not None else "",
-            json.dumps(list(current.topics)) if current is not None else "[]",
-            json.dumps(list(new.topics)) if new is not None else "[]",
+            _topics_json(current.topics) if current is not None else "[]",
+            _topics_json(new.topics) if new is not None else "[]",
             write.provider, write.external_id, kinds_arg(current, new), _finished_arg(new)]
         return _Prepared(write, done, current, new, args)
 
@@ -632,7 +633,7 @@ class RedisStore(Store):
         body, source, received_at, job_id, provider, external_id, state, version, topics = (
             flat[1::2])
         head = JobHead(job_id, provider, external_id, _STATES[state], int(version),
-                       tuple(json.loads(topics)))
+                       _topics(topics))
         return Event.encoded(self.cursors.cursor(entry_id), head, body, _SOURCES[source],
                              received_at)
 
@@ -749,6 +750,18 @@ def _answer(done: asyncio.Future[Applied], result: Applied | BaseException) -> N
 def _finished_arg(job: Job | None) -> str:
     moment = None if job is None else finished(job)
     return "" if moment is None else repr(moment)
+
+
+# A job's topics seldom change, and each of its events names them: both ways, they are
+# encoded once per job rather than once per event.
+@functools.lru_cache(maxsize=MAX_CACHED)
+def _topics_json(topics: tuple[str, ...]) -> str:
+    return json.dumps(list(topics))
+
+
+@functools.lru_cache(maxsize=MAX_CACHED)
+def _topics(encoded: str) -> tuple[str, ...]:
+    return tuple(json.loads(encoded))
 
 
 def _job_of(body: str) -> Job | None:
