@@ -228,6 +228,8 @@ class Hub:
                                len(self.subscribers()))
                 self._close_all()
                 continue
+            if not self._by_topic:  # no one to send to: an instance that only takes webhooks
+                continue
             now = utcnow()
             for event in page:
                 self._dispatch(event, now)
