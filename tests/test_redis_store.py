@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 
 import pytest
 
 from relay.errors import CursorExpired, UnknownCursor
-from relay.models import Source
+from relay.models import Source, State
 from relay.store import open_store
 from tests.support import redis_url, wipe_redis
 from tests.test_store_contract import NOW, bump, job, put
@@ -47,10 +48,37 @@ async def test_an_event_written_by_one_instance_wakes_a_reader_on_another(protoc
         await asyncio.sleep(0.05)
         created = await put(writer, job("b"))
         await asyncio.wait_for(waiting, 5)
-        assert [e.cursor for e in await reader.read_since(cursor)] == [created.event.cursor]
+        [read] = await reader.read_since(cursor)
+        assert read.cursor == created.event.cursor
+        # The reader took the event with its job still encoded, and its head beside it.
+        assert (read.head.id, read.head.state, read.head.version, read.head.topics) == (
+            created.job.id, State.QUEUED, 1, created.job.topics)
+        assert read.job == created.job and read == created.event
     finally:
         await writer.close()
         await reader.close()
+
+
+async def test_events_written_before_they_carried_a_head_are_read_as_before():
+    import redis.asyncio as aioredis
+
+    url = redis_url()
+    store = open_store(url)
+    await store.open()
+    try:
+        before = await put(store, job("a"))
+        old = job("b")
+        client = aioredis.Redis.from_url(url.split("?")[0])
+        await client.xadd(f"{store.prefix}events", {
+            "j": json.dumps(old.to_dict()), "s": "api", "r": NOW})
+        await client.aclose()
+        await asyncio.wait_for(store.wait(before.event.cursor, timeout=5), 10)
+        [tailed] = await store.read_since(before.event.cursor)  # as the log's reader took it
+        [scanned] = await store.read_since(before.event.cursor, topics=[f"job:{old.id}"])
+        for read in (tailed, scanned):
+            assert read.job == old and read.head.id == old.id and read.source is Source.API
+    finally:
+        await store.close()
 
 
 async def test_a_cursor_older_than_retention_is_reported_expired():
