@@ -626,25 +626,26 @@ class RedisStore(Store):
         changed.set()
 
     def _entry(self, entry_id: str, flat: list[str]) -> Event:
-        """The event of an entry as XREAD answers it: [field, value, …], in the order the
-        apply script writes them (taken by position: the reader makes one per event)."""
-        if flat[::2] != _FIELDS:
-            return self._event(entry_id, dict(zip(flat[::2], flat[1::2], strict=True)))
-        body, source, received_at, job_id, provider, external_id, state, version, topics = (
-            flat[1::2])
+        """The event of an entry as XREAD answers it: [field, value, …], taken by position
+        when in the order the apply script writes them (the reader makes one per event)."""
+        if flat[::2] == _FIELDS:
+            return self._encoded(entry_id, *flat[1::2])
+        return self._event(entry_id, dict(zip(flat[::2], flat[1::2], strict=True)))
+
+    def _event(self, entry_id: str, fields: dict[str, str]) -> Event:
+        if "T" in fields:
+            return self._encoded(entry_id, *(fields[name] for name in _FIELDS))
+        # Written before events carried their job's head.
+        return Event(self.cursors.cursor(entry_id), Job.from_dict(json.loads(fields["j"])),
+                     Source(fields["s"]), fields["r"])
+
+    def _encoded(self, entry_id: str, body: str, source: str, received_at: str, job_id: str,
+                 provider: str, external_id: str, state: str, version: str, topics: str
+                 ) -> Event:
         head = JobHead(job_id, provider, external_id, _STATES[state], int(version),
                        _topics(topics))
         return Event.encoded(self.cursors.cursor(entry_id), head, body, _SOURCES[source],
                              received_at)
-
-    def _event(self, entry_id: str, fields: dict[str, str]) -> Event:
-        cursor = self.cursors.cursor(entry_id)
-        if "T" not in fields:  # written before events carried their job's head
-            return Event(cursor, Job.from_dict(json.loads(fields["j"])), Source(fields["s"]),
-                         fields["r"])
-        head = JobHead(fields["i"], fields["p"], fields["x"], _STATES[fields["t"]],
-                       int(fields["v"]), tuple(json.loads(fields["T"])))
-        return Event.encoded(cursor, head, fields["j"], _SOURCES[fields["s"]], fields["r"])
 
 
 @dataclass(frozen=True, slots=True)
