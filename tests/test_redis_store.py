@@ -3,18 +3,43 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
+from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 
 from relay.errors import CursorExpired, UnknownCursor
 from relay.models import Source, State
 from relay.store import open_store
-from tests.support import redis_url, wipe_redis
+from tests.support import REDIS, redis_url, wipe_redis
 from tests.test_store_contract import NOW, bump, job, put
 
 pytestmark = pytest.mark.anyio
+
+
+@contextlib.asynccontextmanager
+async def opened(url: str) -> AsyncIterator[Any]:
+    """A Redis store, open for the block."""
+    store = open_store(url)
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+@contextlib.asynccontextmanager
+async def plain_redis() -> AsyncIterator[Any]:
+    """A client of the Redis the stores use, to change it under them."""
+    client = aioredis.Redis.from_url(REDIS)
+    try:
+        yield client
+    finally:
+        await client.aclose()
 
 
 async def test_two_instances_applying_to_one_job_serialise_without_losing_a_change():
@@ -60,31 +85,20 @@ async def test_an_event_written_by_one_instance_wakes_a_reader_on_another(protoc
 
 
 async def test_events_written_before_they_carried_a_head_are_read_as_before():
-    import redis.asyncio as aioredis
-
-    url = redis_url()
-    store = open_store(url)
-    await store.open()
-    try:
+    async with opened(redis_url()) as store, plain_redis() as client:
         before = await put(store, job("a"))
         old = job("b")
-        client = aioredis.Redis.from_url(url.split("?")[0])
         await client.xadd(f"{store.prefix}events", {
             "j": json.dumps(old.to_dict()), "s": "api", "r": NOW})
-        await client.aclose()
         await asyncio.wait_for(store.wait(before.event.cursor, timeout=5), 10)
         [tailed] = await store.read_since(before.event.cursor)  # as the log's reader took it
         [scanned] = await store.read_since(before.event.cursor, topics=[f"job:{old.id}"])
         for read in (tailed, scanned):
             assert read.job == old and read.head.id == old.id and read.source is Source.API
-    finally:
-        await store.close()
 
 
 async def test_a_cursor_older_than_retention_is_reported_expired():
-    store = open_store(redis_url(retention="1"))
-    await store.open()
-    try:
+    async with opened(redis_url(retention="1")) as store:
         first = (await put(store, job("a"))).event.cursor
         # MAXLEN ~ trims whole nodes, so write well past a node's worth of entries.
         for index in range(300):
@@ -93,20 +107,14 @@ async def test_a_cursor_older_than_retention_is_reported_expired():
             await store.read_since(first)
         newest = await store.last_cursor()
         assert await store.read_since(newest) == []
-    finally:
-        await store.close()
 
 
 async def test_a_cursor_from_the_future_or_of_another_shape_is_unknown():
-    store = open_store(redis_url())
-    await store.open()
-    try:
+    async with opened(redis_url()) as store:
         await put(store, job("a"))
         for position in ["99999999999999-0", "12", "abc"]:
             with pytest.raises(UnknownCursor):
                 await store.read_since(store.cursors.cursor(position))
-    finally:
-        await store.close()
 
 
 async def test_a_lease_is_held_by_one_owner_until_released_or_lapsed():
@@ -135,9 +143,7 @@ async def test_single_process_stores_do_not_claim_to_lease():
 
 
 async def test_more_concurrent_commands_than_pooled_connections_wait_rather_than_fail():
-    store = open_store(redis_url())
-    await store.open()
-    try:
+    async with opened(redis_url()) as store:
         await put(store, job("a"))
         cursor = await store.last_cursor()
         # Blocking reads hold a connection each for their whole wait.
@@ -145,15 +151,11 @@ async def test_more_concurrent_commands_than_pooled_connections_wait_rather_than
         reads = await asyncio.gather(*(store.get("id-p-a") for _ in range(300)))
         await asyncio.gather(*waits)
         assert all(found is not None for found in reads)
-    finally:
-        await store.close()
 
 
 async def test_a_cursor_from_before_a_flush_under_a_running_store_is_unknown():
     url = redis_url()
-    store = open_store(url)
-    await store.open()
-    try:
+    async with opened(url) as store:
         old = [(await put(store, job(name))).event.cursor for name in "ab"]
         wipe_redis(url)  # FLUSHDB as this store's keys see it; the new stream's ids are newer
         for name in "abcd":
@@ -166,8 +168,6 @@ async def test_a_cursor_from_before_a_flush_under_a_running_store_is_unknown():
         assert latest not in old
         written = (await put(store, job("e"))).event
         assert await store.read_since(latest, topics=["provider:p"]) == [written]
-    finally:
-        await store.close()
 
 
 async def test_a_task_cancelled_in_the_middle_of_redis_commands_ends():
@@ -196,17 +196,9 @@ async def test_a_task_cancelled_in_the_middle_of_redis_commands_ends():
 
 async def test_writes_go_on_after_redis_forgot_the_scripts():
     """As after a Redis restart: the apply script is sent again when Redis no longer has it."""
-    import redis.asyncio as aioredis
-
-    store = open_store(redis_url())
-    await store.open()
-    try:
+    async with opened(redis_url()) as store, plain_redis() as client:
         await put(store, job("a"))
-        client = aioredis.Redis.from_url("redis://127.0.0.1:6379/0")
         await client.script_flush()
-        await client.aclose()
         applied = await store.apply("p", "a", bump(), source=Source.WEBHOOK, received_at=NOW)
         assert applied.job.version == 2
         assert [e.job.version for e in await store.history(applied.job.id)] == [1, 2]
-    finally:
-        await store.close()
