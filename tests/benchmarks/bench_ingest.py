@@ -19,7 +19,10 @@ client connections over them.
 route that parses the JSON and answers 202, storing nothing), then the relay on SQLite, on
 Redis with one instance and with two, and prints one table: webhooks/s and their share of the
 ceiling's, relay CPU per webhook (and its ratio to the ceiling's CPU per request), Redis CPU
-per webhook (from its `INFO cpu`), and p50/p99 acknowledge latency.
+per webhook (from its `INFO cpu`), and p50/p99 acknowledge latency. `--rounds N` runs that
+sequence N times and prints the median of each column, then the x2/x1 ratio of relay CPU per
+webhook for each round: on a shared machine whose speed drifts by a fifth within minutes, one
+round of each is not a measurement, a ratio taken minutes apart even less.
 
 The default client speaks HTTP/1.1 over raw asyncio streams: on a small machine the client
 competes with the relay for CPU, and httpx costs several times more per request than the
@@ -42,7 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -296,6 +299,22 @@ def ceiling_process(workdir: Path) -> Iterator[tuple[str, subprocess.Popen[bytes
 
 
 def compare(args: argparse.Namespace) -> None:
+    rounds: list[list[Measured]] = []
+    for _ in range(args.rounds):
+        rounds.append(compare_once(args))
+        if args.rounds > 1:
+            print(f"round {len(rounds)}:")
+        print_table([Row.of(rounds[-1:], [run]) for run in rounds[-1]])
+    if args.rounds > 1:
+        print(f"median of {args.rounds} rounds:")
+        print_table([Row.of(rounds, list(column)) for column in zip(*rounds, strict=True)])
+        ratios = [runs[3].per_webhook(runs[3].cpu) / runs[2].per_webhook(runs[2].cpu)
+                  for runs in rounds]
+        print(f"relay CPU per webhook, redis x2 / x1, each round: "
+              f"{' '.join(f'{r:.2f}' for r in ratios)}; median {statistics.median(ratios):.2f}")
+
+
+def compare_once(args: argparse.Namespace) -> list[Measured]:
     runs: list[Measured] = []
     with tempfile.TemporaryDirectory(prefix="relay-bench-") as tmp:
         with ceiling_process(Path(tmp)) as (url, process):
@@ -309,24 +328,53 @@ def compare(args: argparse.Namespace) -> None:
                     run = measure(label, [p for _, p in relays], [u for u, _ in relays], args)
                 run.stored = store.webhook_events()
             runs.append(run)
-    print_table(runs)
+    return runs
 
 
-def print_table(runs: list[Measured]) -> None:
-    ceiling = runs[0]
-    base = ceiling.per_webhook(ceiling.cpu)
+@dataclass
+class Row:
+    """One line of the table: a configuration's figures, the median over its rounds, each
+    against the ceiling of the same round."""
+
+    label: str
+    rate: float
+    of_ceiling: float
+    relay_cpu: float  # us per webhook
+    x_ceiling: float
+    redis_cpu: float
+    p50: float  # ms
+    p99: float
+    lost: bool
+
+    @classmethod
+    def of(cls, rounds: list[list[Measured]], runs: list[Measured]) -> Row:
+        """`runs`: one configuration's run in each of `rounds` (the ceiling first in each)."""
+        def median(values: Iterable[float]) -> float:
+            return statistics.median(list(values))
+
+        pairs = [(round_[0], run) for round_, run in zip(rounds, runs, strict=True)]
+        return cls(
+            runs[0].label, median(run.rate for _, run in pairs),
+            median(run.rate / ceiling.rate for ceiling, run in pairs),
+            median(run.per_webhook(run.cpu) for _, run in pairs),
+            median(run.per_webhook(run.cpu) / ceiling.per_webhook(ceiling.cpu)
+                   for ceiling, run in pairs),
+            median(run.per_webhook(run.redis_cpu) for _, run in pairs),
+            median(percentile(run.total.latencies, 0.5) * 1000 for _, run in pairs),
+            median(percentile(run.total.latencies, 0.99) * 1000 for _, run in pairs),
+            any(run.stored is not None and run.stored < run.total.accepted for _, run in pairs))
+
+
+def print_table(rows: list[Row]) -> None:
     print(f"{'':10} {'webhooks/s':>10} {'of ceiling':>10} {'relay CPU/wh':>13} {'x ceiling':>9}"
           f" {'redis CPU/wh':>13} {'p50 ms':>7} {'p99 ms':>7}  stored")
-    for run in runs:
-        lat = run.total.latencies
-        relay_cpu = run.per_webhook(run.cpu)
-        redis = f"{run.per_webhook(run.redis_cpu):10.0f} us" if "redis" in run.label else ""
-        stored = "-" if run.stored is None else (
-            "ok" if run.stored >= run.total.accepted else "LOST ACKNOWLEDGED WEBHOOKS")
-        print(f"{run.label:10} {run.rate:10,.0f} {run.rate / ceiling.rate:10.0%} "
-              f"{relay_cpu:10.0f} us {relay_cpu / base:8.2f}x {redis:>13} "
-              f"{percentile(lat, 0.5) * 1000:7.1f} {percentile(lat, 0.99) * 1000:7.1f}  "
-              f"{stored}")
+    for row in rows:
+        redis = f"{row.redis_cpu:10.0f} us" if "redis" in row.label else ""
+        stored = "-" if row.label == "ceiling" else (
+            "LOST ACKNOWLEDGED WEBHOOKS" if row.lost else "ok")
+        print(f"{row.label:10} {row.rate:10,.0f} {row.of_ceiling:10.0%} "
+              f"{row.relay_cpu:10.0f} us {row.x_ceiling:8.2f}x {redis:>13} "
+              f"{row.p50:7.1f} {row.p99:7.1f}  {stored}")
 
 
 def main() -> int:
@@ -340,6 +388,8 @@ def main() -> int:
     parser.add_argument("--instances", type=int, default=1, help="relay processes (redis)")
     parser.add_argument("--compare", action="store_true",
                         help="the ceiling app, then SQLite, Redis x1 and Redis x2, in one table")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="with --compare: run it this many times, and print the medians")
     args = parser.parse_args()
     if args.compare:
         args.procs = max(1, min(args.procs, args.clients))
