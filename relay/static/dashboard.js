@@ -220,10 +220,14 @@ async function loadJobs() {
     if (view[name]) params.set(name, view[name]);
   }
   const page = await api(`/v1/jobs?${params}`);
+  // The stream may have brought a job's newer version while the page was on its way.
+  const streamed = new Map(shown);
   shown.clear();
   const body = $("jobs");
   body.replaceChildren();
-  for (const job of page.jobs) {
+  for (const listed of page.jobs) {
+    const newer = streamed.get(listed.id);
+    const job = newer && newer.version > listed.version ? newer : listed;
     shown.set(job.id, job);
     body.append(draw(job));
   }
