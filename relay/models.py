@@ -57,8 +57,9 @@ class Update:
     """One provider report about one job, as read by a schema adapter.
 
     `state` is None when the provider's status word is unknown: the job keeps its state and
-    `provider_status` records the word. Timestamps are the provider's, checked and written in
-    the relay's UTC form, or None; `updated_at` is the provider's own time of this report,
+    `provider_status` records the word. Timestamps are written in the relay's UTC form
+    (`isoformat`): `received_at` is when the relay received the report; the others are the
+    provider's, checked, or None; `updated_at` is the provider's own time of this report,
     which lets `merge` tell a stale report from a fresh one. `provider_data` holds the
     provider's other documented fields. `ignored` names, by path (`progress_percent`,
     `segments[2].segmentOutputUrl`), each optional field that was left out, clamped or cut
@@ -68,7 +69,7 @@ class Update:
     external_id: str
     provider_status: str
     state: State | None
-    received_at: datetime
+    received_at: str
     progress: float | None = None
     stage: str | None = None
     error: Mapping[str, Any] | None = None
@@ -282,3 +283,8 @@ def isoformat(moment: datetime) -> str:
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def now() -> str:
+    """The time now, as the API serves times (`isoformat`)."""
+    return isoformat(datetime.now(UTC))

@@ -26,7 +26,8 @@ from relay.normalise.words import state_of
 from tests.support import make_settings, running_relay
 
 PAYLOADS = Path(__file__).parent / "payloads"
-NOW = datetime(2026, 3, 1, 10, 5, tzinfo=UTC)
+START = datetime(2026, 3, 1, 10, 5, tzinfo=UTC)
+NOW = isoformat(START)  # when the relay received each payload
 NEAR_1MB = "x" * 1_000_000  # the body stays under the 1 MiB cap, so the field is what is odd
 
 
@@ -295,7 +296,7 @@ def assert_servable(schema: Schema, update: Any) -> None:
     assert all(isinstance(path, str) and path for path in update.ignored)
     provider = make_settings().providers[{Schema.GENERATION: "gen", Schema.STORY: "stories",
                                           Schema.JOBSTATUS: "jobs"}[schema]]
-    job = merge(new_job(provider, update.external_id, now=isoformat(NOW)), update)
+    job = merge(new_job(provider, update.external_id, now=NOW), update)
     assert job is not None
     json.dumps(job.to_dict(), allow_nan=False, ensure_ascii=False).encode()
 

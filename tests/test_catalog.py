@@ -11,12 +11,13 @@ from typing import Any
 
 import pytest
 
-from relay.models import Schema
+from relay.models import Schema, isoformat
 from relay.normalise import parse_catalog, read_update
 from relay.normalise.catalog import Explanation, explain
 
 PAYLOADS = Path(__file__).parent / "payloads"
-NOW = datetime(2026, 3, 1, 10, 5, tzinfo=UTC)
+START = datetime(2026, 3, 1, 10, 5, tzinfo=UTC)
+NOW = isoformat(START)  # when the relay received each payload
 
 INACCESSIBLE = {
     "code": "generation_input_video_inaccessible",

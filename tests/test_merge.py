@@ -16,6 +16,7 @@ from relay.models import Job, Schema, State, Update, isoformat
 from relay.normalise import merge, read_update
 
 BASE = datetime(2026, 3, 1, 10, 0, tzinfo=UTC)
+RECEIVED = isoformat(BASE)
 PROVIDER_START = "2026-03-01T09:00:00.000Z"
 PROVIDER_FINISH = "2026-03-01T09:30:00.000Z"
 RANK = {State.QUEUED: 0, State.RUNNING: 1, State.SUCCEEDED: 2, State.FAILED: 2,
@@ -42,7 +43,7 @@ def report(state: State | None, progress: int | None, stage: int, output: int,
         external_id="ext-1",
         provider_status=WORDS[state],
         state=state,
-        received_at=BASE,
+        received_at=RECEIVED,
         progress=None if progress is None else progress / 100,
         stage=STAGES[stage],
         error={"code": "boom", "message": "it broke"} if state is State.FAILED else None,
@@ -84,7 +85,7 @@ def deliveries(draw, *, terminals: int = 1):
 
 def arrive(updates: Sequence[Update], order: Sequence[int]) -> list[Update]:
     """The updates in `order`, each received one second after the one before."""
-    return [dataclasses.replace(updates[i], received_at=BASE + timedelta(seconds=n))
+    return [dataclasses.replace(updates[i], received_at=isoformat(BASE + timedelta(seconds=n)))
             for n, i in enumerate(order)]
 
 
@@ -171,10 +172,11 @@ def test_version_counts_changes_and_a_no_op_changes_nothing(case):
         if after is None:
             continue
         assert after.version == before.version + 1
-        assert after.updated_at == isoformat(update.received_at)
+        assert after.updated_at == update.received_at
         assert after.replace(version=0, updated_at=None) != before.replace(version=0,
                                                                            updated_at=None)
-        later = dataclasses.replace(update, received_at=update.received_at + timedelta(hours=1))
+        later = dataclasses.replace(update, received_at=isoformat(
+            datetime.fromisoformat(update.received_at) + timedelta(hours=1)))
         assert merge(after, later) is None  # the same report again is a duplicate
     changes = sum(after is not None for _, _, after in trace)
     assert final(trace, start).version == start.version + changes
@@ -195,33 +197,33 @@ def test_started_and_finished_come_from_the_provider_else_the_first_update_imply
     else:
         implied = next((u.received_at for u, after in counted if after is not None
                         and after.state in (State.RUNNING, State.SUCCEEDED)), None)
-        assert job.started_at == (None if implied is None else isoformat(implied))
+        assert job.started_at == implied
     finisher = next((u for u, after in counted if after is not None and after.terminal), None)
     if finisher is None:
         assert job.finished_at is None
     else:
-        assert job.finished_at == (finisher.finished_at or isoformat(finisher.received_at))
+        assert job.finished_at == (finisher.finished_at or finisher.received_at)
 
 
 def test_an_update_from_behind_changes_nothing():
-    running = merge(fresh_job(), Update("ext-1", "processing", State.RUNNING, BASE,
+    running = merge(fresh_job(), Update("ext-1", "processing", State.RUNNING, RECEIVED,
                                         progress=0.5, stage="scene 2 of 4"))
     assert running is not None
 
-    late_pending = Update("ext-1", "pending", State.QUEUED, BASE + timedelta(seconds=1),
-                          progress=0.0)
-    late_scene = Update("ext-1", "processing", State.RUNNING, BASE + timedelta(seconds=2),
-                        progress=0.25, stage="scene 1 of 4")
+    second, third = (isoformat(BASE + timedelta(seconds=n)) for n in (1, 2))
+    late_pending = Update("ext-1", "pending", State.QUEUED, second, progress=0.0)
+    late_scene = Update("ext-1", "processing", State.RUNNING, third, progress=0.25,
+                        stage="scene 1 of 4")
 
     assert merge(running, late_pending) is None
     assert merge(running, late_scene) is None  # neither progress nor stage goes back
 
 
 def test_an_error_belongs_only_to_a_failed_or_canceled_job():
-    job = merge(fresh_job(), Update("ext-1", "processing", State.RUNNING, BASE,
+    job = merge(fresh_job(), Update("ext-1", "processing", State.RUNNING, RECEIVED,
                                     error={"code": "warning", "message": "retrying"}))
     assert job is not None and job.error is None
-    done = merge(job, Update("ext-1", "completed", State.SUCCEEDED, BASE,
+    done = merge(job, Update("ext-1", "completed", State.SUCCEEDED, RECEIVED,
                              error={"code": "x", "message": ""}))
     assert done is not None and done.error is None
 
@@ -231,7 +233,7 @@ def test_metadata_stays_what_the_user_gave_and_provider_fields_go_to_provider_da
     # user's alone, even a key of theirs named "provider".
     job = fresh_job().replace(metadata={"provider": "mine", "team": "a"})
 
-    merged = merge(job, Update("ext-1", "pending", State.QUEUED, BASE,
+    merged = merge(job, Update("ext-1", "pending", State.QUEUED, RECEIVED,
                                provider_data={"title": "t"}))
 
     assert merged is not None
@@ -241,11 +243,11 @@ def test_metadata_stays_what_the_user_gave_and_provider_fields_go_to_provider_da
 
 
 def test_a_newer_updates_provider_data_is_laid_over_the_older():
-    first = merge(fresh_job(), Update("ext-1", "queued", State.QUEUED, BASE, provider_data={
+    first = merge(fresh_job(), Update("ext-1", "queued", State.QUEUED, RECEIVED, provider_data={
         "title": "Draft", "is_starred": False, "user_id": "42"}))
     assert first is not None
 
-    second = merge(first, Update("ext-1", "running", State.RUNNING, BASE,
+    second = merge(first, Update("ext-1", "running", State.RUNNING, RECEIVED,
                                  provider_data={"title": "Final", "is_starred": True}))
 
     assert second is not None
@@ -275,7 +277,7 @@ def test_a_job_stored_with_the_providers_fields_in_metadata_reads_them_as_provid
 
 def test_every_error_is_served_with_code_message_fix_and_retryable():
     # The pollers' own errors (e.g. provider_not_found) carry only a code and a message.
-    failed = merge(fresh_job(), Update("ext-1", "not_found", State.FAILED, BASE,
+    failed = merge(fresh_job(), Update("ext-1", "not_found", State.FAILED, RECEIVED,
                                        error={"code": "provider_not_found", "message": "gone"}))
 
     assert failed is not None
@@ -290,13 +292,13 @@ def at(minute: int) -> str:
 
 
 def test_a_report_older_than_the_newest_updated_at_seen_is_stale_and_makes_no_event():
-    job = merge(fresh_job(), Update("ext-1", "in_progress", State.RUNNING, BASE, progress=0.5,
+    job = merge(fresh_job(), Update("ext-1", "in_progress", State.RUNNING, RECEIVED, progress=0.5,
                                     stage="writing", updated_at=at(5)))
     assert job is not None and job.provider_data["updated_at"] == at(5)
 
-    late = Update("ext-1", "in_progress", State.RUNNING, BASE, progress=0.6, stage="outlining",
+    late = Update("ext-1", "in_progress", State.RUNNING, RECEIVED, progress=0.6, stage="outlining",
                   updated_at=at(4))
-    late_end = Update("ext-1", "completed", State.SUCCEEDED, BASE, updated_at=at(3))
+    late_end = Update("ext-1", "completed", State.SUCCEEDED, RECEIVED, updated_at=at(3))
 
     assert merge(job, late) is None
     assert merge(job, late_end) is None
@@ -306,20 +308,20 @@ def test_a_report_older_than_the_newest_updated_at_seen_is_stale_and_makes_no_ev
 
 
 def test_the_providers_clock_moving_on_alone_makes_no_event():
-    job = merge(fresh_job(), Update("ext-1", "in_progress", State.RUNNING, BASE, progress=0.5,
+    job = merge(fresh_job(), Update("ext-1", "in_progress", State.RUNNING, RECEIVED, progress=0.5,
                                     updated_at=at(5)))
     assert job is not None
 
-    assert merge(job, Update("ext-1", "in_progress", State.RUNNING, BASE, progress=0.5,
+    assert merge(job, Update("ext-1", "in_progress", State.RUNNING, RECEIVED, progress=0.5,
                              updated_at=at(9))) is None
 
 
 def test_reports_without_updated_at_are_never_stale():
-    job = merge(fresh_job(), Update("ext-1", "in_progress", State.RUNNING, BASE, progress=0.5,
+    job = merge(fresh_job(), Update("ext-1", "in_progress", State.RUNNING, RECEIVED, progress=0.5,
                                     updated_at=at(5)))
     assert job is not None
 
-    done = merge(job, Update("ext-1", "completed", State.SUCCEEDED, BASE))
+    done = merge(job, Update("ext-1", "completed", State.SUCCEEDED, RECEIVED))
 
     assert done is not None and done.state is State.SUCCEEDED
     assert done.provider_data["updated_at"] == at(5)  # the newest seen is kept
@@ -354,14 +356,14 @@ def jobstatus(name: str, **changes) -> dict:
 
 
 def test_a_cancelling_job_keeps_running_and_may_still_complete():
-    running = merge(fresh_job(), read_update(Schema.JOBSTATUS, jobstatus("in_progress"), BASE))
+    running = merge(fresh_job(), read_update(Schema.JOBSTATUS, jobstatus("in_progress"), RECEIVED))
     assert running is not None
 
-    cancelling = merge(running, read_update(Schema.JOBSTATUS, jobstatus("cancelling"), BASE))
+    cancelling = merge(running, read_update(Schema.JOBSTATUS, jobstatus("cancelling"), RECEIVED))
     assert cancelling is not None
     assert (cancelling.state, cancelling.terminal, cancelling.stage) == (
         State.RUNNING, False, "cancelling")
-    done = merge(cancelling, read_update(Schema.JOBSTATUS, jobstatus("completed"), BASE))
+    done = merge(cancelling, read_update(Schema.JOBSTATUS, jobstatus("completed"), RECEIVED))
 
     assert done is not None
     assert (done.state, done.terminal, done.finished_at) == (
@@ -369,10 +371,11 @@ def test_a_cancelling_job_keeps_running_and_may_still_complete():
 
 
 def test_a_cancelling_job_that_stops_becomes_canceled():
-    cancelling = merge(fresh_job(), read_update(Schema.JOBSTATUS, jobstatus("cancelling"), BASE))
+    cancelling = merge(fresh_job(),
+                       read_update(Schema.JOBSTATUS, jobstatus("cancelling"), RECEIVED))
     assert cancelling is not None
 
-    stopped = merge(cancelling, read_update(Schema.JOBSTATUS, jobstatus("cancelled"), BASE))
+    stopped = merge(cancelling, read_update(Schema.JOBSTATUS, jobstatus("cancelled"), RECEIVED))
 
     assert stopped is not None and (stopped.state, stopped.terminal) == (State.CANCELED, True)
 
@@ -389,7 +392,7 @@ LIFECYCLES = {
 
 def lifecycle(schema: Schema) -> list[Update]:
     return [read_update(schema, json.loads((PAYLOADS / schema.value / f"{name}.json")
-                                           .read_text())["payload"], BASE)
+                                           .read_text())["payload"], RECEIVED)
             for name in LIFECYCLES[schema]]
 
 

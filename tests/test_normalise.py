@@ -32,7 +32,8 @@ from relay.settings import parse_settings
 from tests.support import make_settings, running_relay
 
 PAYLOADS = Path(__file__).parent / "payloads"
-NOW = datetime(2026, 3, 1, 10, 5, tzinfo=UTC)
+START = datetime(2026, 3, 1, 10, 5, tzinfo=UTC)
+NOW = isoformat(START)  # when the relay received each payload
 
 
 def fixtures(schema: str) -> list[Path]:
@@ -110,7 +111,7 @@ def test_a_fixture_merged_into_a_fresh_job_serves_the_contract_shape(schema, pat
     provider = make_settings().providers[{"generation": "gen", "story": "stories",
                                           "jobstatus": "jobs"}[schema.value]]
     for update in read_all(schema, load(path)):
-        job = merge(new_job(provider, update.external_id, now=isoformat(NOW)), update)
+        job = merge(new_job(provider, update.external_id, now=NOW), update)
 
         assert job is not None and job.version == 1
         served = json.loads(json.dumps(job.to_dict()))
@@ -455,13 +456,13 @@ def direct(provider: str, external_id: str, bodies: Sequence[dict[str, Any]], tr
            ) -> tuple[list[dict[str, Any]], list[int]]:
     """The events and webhook answers the adapters and merge alone would make."""
     settings = make_settings().providers[provider]
-    job = new_job(settings, external_id, now=isoformat(NOW))
+    job = new_job(settings, external_id, now=NOW)
     events, answers = [], []
     if tracked:
         job = job.replace(version=1)
         events.append(job.to_dict())
     for index, body in enumerate(bodies):
-        update = read_update(settings.schema, body, NOW + timedelta(seconds=index))
+        update = read_update(settings.schema, body, isoformat(START + timedelta(seconds=index)))
         merged = merge(job, update)
         answers.append(200 if merged is None else 202)
         if merged is not None:

@@ -8,7 +8,7 @@ from relay.config import ProviderConfig, Providers
 from relay.errors import PayloadError, ProviderError, Refusal, Refused, StoreError
 from relay.ingest.providers import JobStatusClient, ProviderClients
 from relay.ingest.recorder import Recorder
-from relay.models import Job, Schema, Source, State, Update, utcnow
+from relay.models import Job, Schema, Source, State, Update, now
 from relay.store import Store
 
 logger = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ class Cancel:
 
 def _canceled(job: Job) -> Update:
     return Update(external_id=job.external_id, provider_status="cancelled",
-                  state=State.CANCELED, received_at=utcnow())
+                  state=State.CANCELED, received_at=now())
 
 
 def _not_supported(job: Job) -> Refused:

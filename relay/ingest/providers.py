@@ -29,7 +29,7 @@ import httpx
 from relay.config import ProviderConfig, Providers
 from relay.errors import PayloadError, ProviderError
 from relay.ingest.catalogs import Catalogs
-from relay.models import Schema, Update, utcnow
+from relay.models import Schema, Update, now
 from relay.normalise import Catalog, parse_catalog, read_update, story
 from relay.normalise.catalog import explain
 from relay.normalise.fields import Reader
@@ -111,7 +111,7 @@ class ProviderClient:
         return _parse(where, raw, response.status_code)
 
     def read(self, payload: Any, external_id: str) -> Update:
-        update = read_update(self.provider.schema, payload, utcnow(), catalog=self.catalog())
+        update = read_update(self.provider.schema, payload, now(), catalog=self.catalog())
         if update.external_id != external_id:
             raise PayloadError("id", f"asked for job {external_id[:64]!r}, got another")
         return update
@@ -135,7 +135,7 @@ class StoryClient(ProviderClient):
         """`GET /v1/jobs?limit&offset`: the provider's jobs, newest first."""
         payload = await self.call("GET", "/v1/jobs",
                                   params={"limit": str(limit), "offset": str(offset)})
-        listed = story.read_list(payload, utcnow())
+        listed = story.read_list(payload, now())
         entries = len(listed.updates) + len(listed.unreadable)
         total = payload.get("total") if isinstance(payload, dict) else None
         if isinstance(total, bool) or not isinstance(total, int):

@@ -12,7 +12,7 @@ from typing import Any
 from prometheus_client import Counter
 
 from relay.config import ProviderConfig
-from relay.models import Job, Source, State, Update, isoformat, utcnow
+from relay.models import Job, Source, State, Update, now
 from relay.normalise import merge
 from relay.runtime.metrics import Metrics
 from relay.store import Applied, Store
@@ -66,7 +66,7 @@ class Recorder:
             logger.debug("provider %s sent job %s with fields relay ignored: %s",
                          provider.name, update.external_id, ", ".join(update.ignored))
             self.metrics.count_ignored_fields(provider.name, update.ignored)
-        received = isoformat(update.received_at)
+        received = update.received_at
         before = _Before()
 
         def change(current: Job | None) -> Job | None:
@@ -106,7 +106,7 @@ class Recorder:
         refuses the job, or the job's deadline passed): the job ends in `state` with `error`,
         under the merge rules (a terminal job stays as it is), its `provider_status` kept.
         A job the store does not hold is not started by this."""
-        received = utcnow()
+        received = now()
         before = _Before()
 
         def change(current: Job | None) -> Job | None:
@@ -119,7 +119,7 @@ class Recorder:
             return None if merged is None else merged.replace(provider_status=status)
 
         applied = await self.store.apply(provider.name, external_id, change, source=Source.POLL,
-                                         received_at=isoformat(received))
+                                         received_at=received)
         self._stored(applied, Source.POLL, before)
         return applied
 
@@ -127,16 +127,16 @@ class Recorder:
                     topics: Sequence[str] = (), metadata: Mapping[str, Any] | None = None
                     ) -> Applied:
         """Start tracking a job; `applied.event` is None when it was tracked already."""
-        now = isoformat(utcnow())
+        tracked_at = now()
 
         def change(current: Job | None) -> Job | None:
             if current is not None:
                 return None
             return new_job(provider, external_id, topics=topics, metadata=metadata,
-                           now=now).replace(version=1)
+                           now=tracked_at).replace(version=1)
 
         applied = await self.store.apply(provider.name, external_id, change, source=Source.API,
-                                         received_at=now)
+                                         received_at=tracked_at)
         self._stored(applied, Source.API, _Before())  # a new job: nothing before it
         return applied
 

@@ -35,7 +35,7 @@ from relay.errors import Refusal, Refused, Unverified
 from relay.ingest.catalogs import Catalogs
 from relay.ingest.recorder import Recorder
 from relay.limits import MESSAGE_ID_LENGTH, TEXT_LENGTH
-from relay.models import Schema, Source, utcnow
+from relay.models import Schema, Source, now
 from relay.normalise import read_update
 from relay.runtime.metrics import Metrics
 from relay.signing import STANDARD, Claim, claim, prove
@@ -120,7 +120,7 @@ class WebhookIngest:
         """Normalise and store a proven delivery; `applied.event` is None for a repeat. A
         delivery through a job's token must be about that job."""
         catalog = self.catalogs.get(provider.name) if self.catalogs is not None else None
-        update = read_update(provider.schema, payload, utcnow(), catalog=catalog)
+        update = read_update(provider.schema, payload, now(), catalog=catalog)
         if job is not None and job[1] != update.external_id:
             _refuse(provider, "token_for_another_job")
         key = replay_key or _message_key(provider, update.external_id, headers)

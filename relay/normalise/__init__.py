@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from datetime import datetime
 
 from relay.models import Schema, Update
 from relay.normalise import generation, jobstatus, story
@@ -19,7 +18,7 @@ from relay.normalise.catalog import Catalog, explain, parse_catalog
 from relay.normalise.merge import merge
 from relay.normalise.words import state_of
 
-Adapter = Callable[[object, datetime], Update]
+Adapter = Callable[[object, str], Update]
 
 ADAPTERS: dict[Schema, Adapter] = {
     Schema.STORY: story.read,
@@ -28,7 +27,7 @@ ADAPTERS: dict[Schema, Adapter] = {
 }
 
 
-def read_update(schema: Schema, payload: object, received_at: datetime,
+def read_update(schema: Schema, payload: object, received_at: str,
                 catalog: Catalog | None = None) -> Update:
     """The update one status object of `schema` reports; with a `catalog` (the provider's
     error catalog, see `relay.normalise.catalog`), its error is explained from it."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from relay.models import State, Update
@@ -12,7 +11,7 @@ from relay.normalise.words import state_of, word_key
 SEGMENT_URL = "segmentOutputUrl"
 
 
-def read(payload: object, received_at: datetime) -> Update:
+def read(payload: object, received_at: str) -> Update:
     """One generation status object (polled or pushed) as an update."""
     data = fields.as_object(payload)
     reader = fields.Reader(data)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from relay.models import State, Update
@@ -12,7 +11,7 @@ from relay.normalise.words import is_cancelling, state_of
 CANCELLING_STAGE = "cancelling"
 
 
-def read(payload: object, received_at: datetime) -> Update:
+def read(payload: object, received_at: str) -> Update:
     """One jobstatus object as an update."""
     data = fields.as_object(payload)
     reader = fields.Reader(data)

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from relay.models import Job, State, Update, isoformat, job_error
+from relay.models import Job, State, Update, job_error
 
 _RANK = {State.QUEUED: 0, State.RUNNING: 1, State.SUCCEEDED: 2, State.FAILED: 2,
          State.CANCELED: 2}
@@ -40,7 +40,7 @@ def merge(job: Job, update: Update) -> Job | None:
         return None
     state = update.state or job.state
     same_state = state is job.state
-    received = isoformat(update.received_at)
+    received = update.received_at
     progress = _progress(job, update, state, same_state)
     stage = _stage(job, update, same_state)
     error = _error(update, state)

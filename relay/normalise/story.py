@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from relay.errors import PayloadError
@@ -35,7 +34,7 @@ class ListPage:
     unreadable: tuple[Unreadable, ...] = ()
 
 
-def read(payload: object, received_at: datetime) -> Update:
+def read(payload: object, received_at: str) -> Update:
     """One story status object (`GET /v1/generate/story/{id}`, `GET /v1/jobs/{id}`)."""
     data = fields.as_object(payload)
     reader = fields.Reader(data)
@@ -58,7 +57,7 @@ def read(payload: object, received_at: datetime) -> Update:
     )
 
 
-def read_list(payload: object, received_at: datetime) -> ListPage:
+def read_list(payload: object, received_at: str) -> ListPage:
     """The `GET /v1/jobs` page: `{"generations": [...], "total", "limit", "offset"}`. Only a
     page that is not an object, or whose `generations` is not a list, is refused."""
     data = fields.as_object(payload)
@@ -72,7 +71,7 @@ def read_list(payload: object, received_at: datetime) -> ListPage:
                     tuple(e for e in entries if isinstance(e, Unreadable)))
 
 
-def _entry(item: object, index: int, received_at: datetime) -> Update | Unreadable:
+def _entry(item: object, index: int, received_at: str) -> Update | Unreadable:
     name = f"generations[{index}]"
     if not isinstance(item, dict):
         return Unreadable(index, None, f"{name}: expected a JSON object")
