@@ -197,8 +197,7 @@ class RedisStore(Store):
         self._writes: asyncio.Queue[tuple[_Write, asyncio.Future[Applied]]] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
         self._known = _JobCache()
-        # Never more than the stream keeps: a cursor Redis trimmed away is expired here too.
-        self._tail = _Tail(min(MAX_TAIL, retention))
+        self._tail = _Tail()
         self._reader: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()  # set, and replaced, when the reader adds events
         self._closing = False
@@ -699,7 +698,10 @@ class _JobCache:
 class _Tail:
     """The newest events of the log, in order, complete after `first`: what followers of
     the log read without a call to Redis. Only the event loop touches it. It speaks in
-    entry ids (the cursors' positions)."""
+    entry ids (the cursors' positions). It keeps MAX_TAIL events even when the stream keeps
+    fewer: a follower a page behind a burst reads on from here, where Redis may have trimmed
+    its cursor away (the hub would end every stream, the scheduler rebuild its schedule).
+    A resuming stream names its topics, and so reads Redis, expiry and all."""
 
     def __init__(self, size: int = MAX_TAIL) -> None:
         self.size = size
