@@ -189,11 +189,13 @@ async def eventually(check: Callable[[], Awaitable[bool]] | Callable[[], bool],
 
 
 REDIS = "redis://127.0.0.1:6379/0"
+_PREFIXES: set[str] = set()  # every prefix redis_url() gave out in this test session
 
 
 def redis_url(**options: str) -> str:
     """A Redis store URL with a prefix of its own, so tests never see each other's keys;
-    skips the test, saying why, when no Redis answers at 127.0.0.1:6379."""
+    skips the test, saying why, when no Redis answers at 127.0.0.1:6379. Its keys are
+    deleted when the session ends (`wipe_test_prefixes`)."""
     try:
         with socket.create_connection(("127.0.0.1", 6379), timeout=1) as sock:
             sock.sendall(b"PING\r\n")
@@ -202,21 +204,34 @@ def redis_url(**options: str) -> str:
         answered = False
     if not answered:
         pytest.skip("no Redis answers at 127.0.0.1:6379 (.ci/run starts redis-server)")
-    query = "&".join(f"{k}={v}" for k, v in {"prefix": f"test-{uuid.uuid4().hex}",
-                                             **options}.items())
+    prefix = f"test-{uuid.uuid4().hex}"
+    _PREFIXES.add(prefix)
+    query = "&".join(f"{k}={v}" for k, v in {"prefix": prefix, **options}.items())
     return f"{REDIS}?{query}"
 
 
 def wipe_redis(url: str) -> None:
     """Delete every key under the prefix of a `redis_url()`: the store as a flush leaves it."""
+    _delete_keys("{}:*".format(url.split("prefix=", 1)[1].split("&", 1)[0]), lambda _: True)
+
+
+def wipe_test_prefixes() -> None:
+    """Delete the keys of every prefix `redis_url()` gave out: the Redis a developer's or CI's
+    tests run against is theirs, and holds nothing of the tests afterwards."""
+    if _PREFIXES:
+        _delete_keys("test-*", lambda key: key.split(b":", 1)[0].decode() in _PREFIXES)
+
+
+def _delete_keys(pattern: str, chosen: Callable[[bytes], bool]) -> None:
     import redis
 
-    prefix = url.split("prefix=", 1)[1].split("&", 1)[0]
     client = redis.Redis.from_url(REDIS)
     try:
-        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
-        if keys:
-            client.delete(*keys)
+        keys = [key for key in client.scan_iter(match=pattern, count=1000) if chosen(key)]
+        for start in range(0, len(keys), 1000):
+            client.unlink(*keys[start:start + 1000])
+    except redis.ConnectionError:
+        pass  # no Redis: the tests that wanted one were skipped
     finally:
         client.close()
 
