@@ -287,4 +287,4 @@ def utcnow() -> datetime:
 
 def now() -> str:
     """The time now, as the API serves times (`isoformat`)."""
-    return isoformat(datetime.now(UTC))
+    return isoformat(utcnow())
