@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 import time
 from collections.abc import AsyncIterator
@@ -172,6 +173,18 @@ async def test_cors_allows_the_configured_origins_only():
         simple = await client.get("/v1/jobs", headers={"origin": "https://app.example"})
         assert simple.headers["access-control-allow-origin"] == "https://app.example"
         assert "x-request-id" in simple.headers["access-control-expose-headers"].lower()
+
+
+async def test_a_cors_preflight_to_a_webhook_or_a_stream_gets_one_access_line(caplog):
+    preflight = {"origin": "https://app.example", "access-control-request-method": "POST"}
+    async with served(cors_origins=["https://app.example"]) as (_, client):
+        with caplog.at_level(logging.INFO, logger="relay.access"):
+            for path in ("/hooks/gen", "/v1/events?topic=t"):
+                assert (await client.options(path, headers=preflight)).status_code == 200
+            posted = await client.post("/hooks/gen", headers={"origin": "https://app.example"})
+    lines = [record.getMessage() for record in caplog.records if record.name == "relay.access"]
+    assert lines == ["OPTIONS /hooks/gen 200", "OPTIONS /v1/events?topic=t 200",
+                     f"POST /hooks/gen {posted.status_code}"]
 
 
 async def test_metrics_count_webhooks_events_subscribers_and_delivery_lag():
