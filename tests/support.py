@@ -212,7 +212,8 @@ def redis_url(**options: str) -> str:
 
 def wipe_redis(url: str) -> None:
     """Delete every key under the prefix of a `redis_url()`: the store as a flush leaves it."""
-    _delete_keys("{}:*".format(url.split("prefix=", 1)[1].split("&", 1)[0]), lambda _: True)
+    prefix = url.split("prefix=", 1)[1].split("&", 1)[0]
+    _delete_keys(f"{prefix}:*", lambda _: True)
 
 
 def wipe_test_prefixes() -> None:
