@@ -176,16 +176,14 @@ async def test_a_cursor_from_before_a_flush_under_a_running_store_is_unknown():
 async def test_a_task_cancelled_in_the_middle_of_redis_commands_ends():
     # redis-py can swallow a cancel that lands while a command is in flight; a loop of
     # commands (retention's, the scheduler's) then never ended and held up shutdown.
-    store = open_store(redis_url())
-    await store.open()
     moments = random.Random(7)
+    async with opened(redis_url()) as store:
 
-    async def claiming() -> None:
-        while True:
-            await store.leases.claim(["retention"], "owner", 0.2)
-            await asyncio.sleep(0.001)
+        async def claiming() -> None:
+            while True:
+                await store.leases.claim(["retention"], "owner", 0.2)
+                await asyncio.sleep(0.001)
 
-    try:
         for _ in range(40):
             task = asyncio.create_task(claiming())
             await asyncio.sleep(moments.random() * 0.01)
@@ -193,8 +191,6 @@ async def test_a_task_cancelled_in_the_middle_of_redis_commands_ends():
             done, _ = await asyncio.wait([task], timeout=5)
             assert done, "the task went on after it was cancelled"
             assert task.cancelled()
-    finally:
-        await store.close()
 
 
 async def test_writes_go_on_after_redis_forgot_the_scripts():

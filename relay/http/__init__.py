@@ -85,15 +85,15 @@ def application(resources: Sequence[Resource], *, cors_origins: Sequence[str],
 def _behind_cors(handler: ASGIApp, cors: dict[str, Any]) -> ASGIApp:
     """A fast app behind CORS. The fast apps write their own access lines, but a CORS
     preflight is answered by the middleware before it reaches them: its line is written
-    here."""
+    here. It hands back the middleware's coroutine rather than awaiting it: an open stream
+    keeps no frame of this."""
     app = CORSMiddleware(handler, **cors)
 
-    async def serve(scope: Any, receive: Any, send: Any) -> None:
+    def serve(scope: Any, receive: Any, send: Any) -> Awaitable[None]:
         if scope["method"] == "OPTIONS" and access.enabled() and any(
                 name == b"access-control-request-method" for name, _ in scope["headers"]):
-            await access.logged(app, scope, receive, send)
-        else:
-            await app(scope, receive, send)
+            return access.logged(app, scope, receive, send)
+        return app(scope, receive, send)
 
     return serve
 

@@ -10,7 +10,8 @@ event and updates the job and its indexes atomically. Concurrent writes share on
 When the belief was wrong (another instance wrote the job meanwhile, or it existed already),
 the script answers "conflict" with the job as it is, and the write is run again against that.
 The stream is trimmed to about `retention` entries; a cursor older than what is kept raises
-`CursorExpired`.
+`CursorExpired`, except for the log's own followers, which read on from the instance's tail
+(`_Tail`) while it still holds their cursor.
 
 Keys, under the prefix: `events` (stream: j job, s source, r received_at, and the job's head,
 which the log's readers mostly need alone: i id, p provider, x external id, t state, v version,
