@@ -35,6 +35,7 @@ from relay.models import OPS_TOPIC, Event, utcnow
 from relay.runtime.metrics import Metrics
 from relay.runtime.tasks import cancel_all
 from relay.store import Broadcast, Store
+from relay.store.cursors import order
 from relay.store.follow import Gap, follow
 
 logger = logging.getLogger(__name__)
@@ -45,16 +46,18 @@ S = TypeVar("S", bound="Subscriber")
 
 
 class Subscriber:
-    """What the hub delivers to. `seen` holds the versions a stream's backlog sent, so the live
-    frames it also got are not sent twice (a job's versions only go up)."""
+    """What the hub delivers to. A stream's backlog leaves what its live frames may repeat:
+    `after`, the position of the cursor it resumed from, and `seen`, the version of each job
+    the backlog sent (see `fresh`)."""
 
-    __slots__ = ("closed", "seen", "single_job", "topics")
+    __slots__ = ("after", "closed", "seen", "single_job", "topics")
 
     def __init__(self, topics: Iterable[str], single_job: bool = False) -> None:
         # A tuple is a quarter of a frozenset's size, and thousands of streams of one topic
         # share its string.
         self.topics = tuple(dict.fromkeys(map(sys.intern, topics)))
         self.single_job = single_job
+        self.after: tuple[int, ...] | None = None
         self.seen: dict[str, int] | None = None
         self.closed = False
 
@@ -71,9 +74,16 @@ class Subscriber:
         self.closed = True
 
     def fresh(self, frame: Frame) -> bool:
-        """Whether a live frame is new to this subscriber. Only jobs the backlog sent can
-        repeat, and once a newer frame of one arrives none can again: its entry is forgotten,
-        so `seen` never outgrows the backlog."""
+        """Whether a live frame is new to this subscriber. It is not when it is at or before
+        the cursor the stream resumed from (the client had it from another instance, whose
+        hub was ahead of this one), or a version of a job the backlog sent at or below the
+        one sent (a job's versions only go up). The hub passes events in order, so `after`
+        is forgotten at the first frame past it, and a job's entry in `seen` at its first
+        newer frame: neither outlives the overlap with the backlog."""
+        if self.after is not None and frame.cursor:
+            if order(frame.cursor) <= self.after:
+                return False
+            self.after = None
         seen = self.seen
         if seen is None or (version := seen.get(frame.job_id)) is None:
             return True
@@ -143,7 +153,7 @@ class Queued(Subscriber):
         self.mailbox = Mailbox()
 
     def deliver(self, frame: Frame) -> bool:
-        return not self.fresh(frame) or self.mailbox.put(frame)
+        return self.mailbox.put(frame)  # its reader asks `fresh`, once the backlog is sent
 
     def close(self, abort: bool = False) -> None:
         if not self.closed:

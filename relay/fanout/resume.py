@@ -13,6 +13,9 @@ The stream subscribes to the hub before it reads, so nothing falls between the t
 can arrive both ways only while the backlog and the live frames overlap: the backlog records
 the version of each job it sent (`sent`, the subscriber's `seen`) and the live frames at or
 below it are skipped (a job's versions only go up; the hub sends each event once, in order).
+On Redis the client may resume on another instance than the one that gave it its cursor,
+whose hub has not passed that event yet: live frames at or before the cursor are skipped too
+(the subscriber's `after`).
 
 A client that does not listen for `relay.reset` still receives the current state as ordinary
 `job.updated` events; a browser's EventSource, which resends its Last-Event-ID forever, is

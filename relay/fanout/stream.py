@@ -39,6 +39,7 @@ from relay.fanout import resume
 from relay.fanout.hub import QUEUE_SIZE, Hub, Queued, Subscriber
 from relay.fanout.wire import HEARTBEAT, Frame
 from relay.store import Store
+from relay.store.cursors import order
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +83,7 @@ class Socket(Subscriber):
         self.ending: asyncio.Task[None] | None = None
 
     def deliver(self, frame: Frame) -> bool:
-        if self.seen is not None and not self.fresh(frame):
+        if (self.seen is not None or self.after is not None) and not self.fresh(frame):
             return True
         transport = self.transport
         if transport is None:
@@ -187,6 +188,8 @@ class Stream:
             if ended:
                 return True
         subscriber.seen = sent or None
+        if backlog.last_id is not None:
+            subscriber.after = order(backlog.last_id)
         return False
 
 
@@ -235,7 +238,8 @@ async def _relay(hub: Hub, subscriber: Queued, receive: Receive, send: Send) -> 
         mailbox = subscriber.mailbox
         while True:
             frames = [await mailbox.get(), *mailbox.get_waiting()]
-            data = b"".join(frame.data for frame in frames if frame is not None)
+            data = b"".join(frame.data for frame in frames
+                            if frame is not None and subscriber.fresh(frame))
             if data:
                 await send({"type": "http.response.body", "body": data, "more_body": True})
             if frames[-1] is None:
