@@ -84,6 +84,22 @@ async def test_an_event_written_by_one_instance_wakes_a_reader_on_another(protoc
         await reader.close()
 
 
+async def test_the_log_is_read_at_the_streams_pace_only_while_streams_are_open():
+    from relay.fanout.hub import Hub, Queued
+    from relay.runtime.metrics import Metrics
+    from relay.store.redis.store import IDLE_LINGER, READ_LINGER
+
+    async with opened(redis_url()) as store:
+        hub = Hub(store, Metrics())
+        assert store.linger == IDLE_LINGER
+        streams = [hub.subscribe(Queued([topic])) for topic in ("a", "b")]
+        assert store.linger == READ_LINGER
+        hub.unsubscribe(streams[0])
+        assert store.linger == READ_LINGER
+        hub.unsubscribe(streams[1])
+        assert store.linger == IDLE_LINGER
+
+
 async def test_events_written_before_they_carried_a_head_are_read_as_before():
     async with opened(redis_url()) as store, plain_redis() as client:
         before = await put(store, job("a"))

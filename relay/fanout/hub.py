@@ -167,6 +167,7 @@ class Hub:
         self.metrics = metrics
         self.heartbeat = heartbeat
         self.stopping = asyncio.Event()
+        self._shared = store if isinstance(store, Broadcast) else None
         self._by_topic: dict[str, set[Subscriber]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._publishing: set[asyncio.Task[None]] = set()
@@ -183,8 +184,8 @@ class Hub:
         self._tasks = [asyncio.create_task(self._follow(cursor), name="hub"),
                        asyncio.create_task(self._beat(), name="hub-heartbeat"),
                        asyncio.create_task(self._close_on_stop(), name="hub-stop")]
-        if isinstance(self.store, Broadcast):
-            self._tasks.append(asyncio.create_task(self._hear(self.store), name="hub-ops"))
+        if self._shared is not None:
+            self._tasks.append(asyncio.create_task(self._hear(self._shared), name="hub-ops"))
 
     async def stop(self) -> None:
         self.stopping.set()
@@ -201,6 +202,8 @@ class Hub:
         if self.stopping.is_set() or not subscriber.topics:
             subscriber.close()
             return subscriber
+        if not self._by_topic and self._shared is not None:
+            self._shared.hurry(True)  # someone waits for events now: read them as they come
         for topic in subscriber.topics:
             self._by_topic.setdefault(topic, set()).add(subscriber)
         self.metrics.subscribers.inc()
@@ -216,6 +219,8 @@ class Hub:
             members.discard(subscriber)
             if not members:
                 del self._by_topic[topic]
+        if not self._by_topic and self._shared is not None:
+            self._shared.hurry(False)
         self.metrics.subscribers.dec()
         subscriber.close(abort)
 
@@ -261,11 +266,11 @@ class Hub:
         """An operational event, to the subscribers of OPS_TOPIC: of every instance when the
         store is shared (it is published, and each hub, this one too, hears it), else of
         this process."""
-        if not isinstance(self.store, Broadcast):
+        if self._shared is None:
             self._tell(kind, data)
             return
         message = json.dumps({"type": kind, "data": data}, separators=(",", ":"), default=str)
-        task = asyncio.create_task(self._publish(self.store, message), name="hub-announce")
+        task = asyncio.create_task(self._publish(self._shared, message), name="hub-announce")
         self._publishing.add(task)
         task.add_done_callback(self._publishing.discard)
 

@@ -169,15 +169,20 @@ def _unix(value: str | None) -> float | None:
 @runtime_checkable
 class Broadcast(Protocol):
     """A store several processes share (Redis) that can tell all of them a message that is
-    not in the log: the operational events. What one `publish`es, every process's
-    `messages()` yields, its own included; a message published while a process is not
-    listening (reconnecting) is not yielded to it."""
+    not in the log (the operational events), and reads what the others write at the pace its
+    readers ask for (`hurry`). What one `publish`es, every process's `messages()` yields, its
+    own included; a message published while a process is not listening (reconnecting) is
+    not yielded to it."""
 
     async def publish(self, message: str) -> None:
         """Send `message` to every process; StoreError when it cannot be sent."""
 
     def messages(self) -> AsyncIterator[str]:
         """The messages published from now on, for as long as it is iterated."""
+
+    def hurry(self, eager: bool) -> None:
+        """Whether readers here want new events as soon as they can have them (streams are
+        open: True), or the store may gather another process's events into fewer reads."""
 
 
 def open_store(url: str) -> Store:
