@@ -19,10 +19,15 @@ client connections over them.
 route that parses the JSON and answers 202, storing nothing), then the relay on SQLite, on
 Redis with one instance and with two, and prints one table: webhooks/s and their share of the
 ceiling's, relay CPU per webhook (and its ratio to the ceiling's CPU per request), Redis CPU
-per webhook (from its `INFO cpu`), and p50/p99 acknowledge latency. `--rounds N` runs that
-sequence N times and prints the median of each column, then the x2/x1 ratio of relay CPU per
-webhook for each round: on a shared machine whose speed drifts by a fifth within minutes, one
-round of each is not a measurement, a ratio taken minutes apart even less.
+per webhook (from its `INFO cpu`), and p50/p99 acknowledge latency. Then Redis again, x1
+offered R webhooks/s and x2 offered 2R (`--rate`; R is 40 % of what x1 took): the same load
+per instance, which is what adding an instance with its share of the traffic means. Run as
+fast as answered, x2 measures two relays, Redis and the client preempting each other on a
+small machine, and a relay's CPU per webhook falls as its load rises (more requests share
+each wake-up and each script call), so x2 at the same total load is no fair measure either.
+Last, the x2/x1 ratio of relay CPU per webhook, both ways. `--rounds N` runs the sequence N
+times and prints the median of each column and each round's ratios: on a shared machine whose
+speed drifts by a fifth within minutes, one round is not a measurement.
 
 The default client speaks HTTP/1.1 over raw asyncio streams: on a small machine the client
 competes with the relay for CPU, and httpx costs several times more per request than the
@@ -137,10 +142,28 @@ def raw_request(port: int, body: bytes, signature: str) -> bytes:
     return head.encode() + body
 
 
-async def raw_client(port: int, name: str, stop_at: float, tally: Tally) -> None:
+class Pace:
+    """A client's sending times at a set rate: one request every `interval` seconds, or as
+    soon as the last one is answered when that is later (a slow server gets no backlog)."""
+
+    def __init__(self, interval: float, first: float) -> None:
+        self.interval = interval
+        self.due = first
+
+    async def wait(self) -> None:
+        now = time.perf_counter()
+        if self.due > now:
+            await asyncio.sleep(self.due - now)
+        self.due = max(self.due, now) + self.interval
+
+
+async def raw_client(port: int, name: str, stop_at: float, tally: Tally,
+                     pace: Pace | None) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         for body, signature in webhooks(name):
+            if pace is not None:
+                await pace.wait()
             if time.perf_counter() >= stop_at:
                 return
             started = time.perf_counter()
@@ -160,9 +183,12 @@ async def read_response(reader: asyncio.StreamReader) -> int:
     return int(lines[0].split()[1])
 
 
-async def httpx_client(url: str, name: str, stop_at: float, tally: Tally) -> None:
+async def httpx_client(url: str, name: str, stop_at: float, tally: Tally,
+                       pace: Pace | None) -> None:
     async with httpx.AsyncClient(base_url=url, timeout=30) as client:
         for body, signature in webhooks(name):
+            if pace is not None:
+                await pace.wait()
             if time.perf_counter() >= stop_at:
                 return
             started = time.perf_counter()
@@ -179,14 +205,20 @@ def record(tally: Tally, status: int, latency: float) -> None:
         tally.other[status] = tally.other.get(status, 0) + 1
 
 
-async def run_clients(urls: list[str], kind: str, clients: int, seconds: float, prefix: str
-                      ) -> Tally:
-    stop_at = time.perf_counter() + seconds
+async def run_clients(urls: list[str], kind: str, clients: int, seconds: float, prefix: str,
+                      rate: float | None) -> Tally:
+    """`clients` connections posting for `seconds`, as fast as they are answered, or
+    together at `rate` webhooks/s."""
+    now = time.perf_counter()
+    stop_at = now + seconds
+    interval = clients / rate if rate else 0.0
+    paces = [Pace(interval, now + interval * i / clients) if rate else None
+             for i in range(clients)]
     tallies = [Tally() for _ in range(clients)]
     targets = [urls[i % len(urls)] for i in range(clients)]  # spread over the instances
-    tasks = [raw_client(int(url.rsplit(":", 1)[1]), f"{prefix}-{i}", stop_at, t)
-             if kind == "raw" else httpx_client(url, f"{prefix}-{i}", stop_at, t)
-             for i, (url, t) in enumerate(zip(targets, tallies, strict=True))]
+    tasks = [raw_client(int(url.rsplit(":", 1)[1]), f"{prefix}-{i}", stop_at, t, pace)
+             if kind == "raw" else httpx_client(url, f"{prefix}-{i}", stop_at, t, pace)
+             for i, (url, t, pace) in enumerate(zip(targets, tallies, paces, strict=True))]
     results = await asyncio.gather(*tasks, return_exceptions=True)
     total = Tally()
     for tally, result in zip(tallies, results, strict=True):
@@ -196,12 +228,12 @@ async def run_clients(urls: list[str], kind: str, clients: int, seconds: float, 
 
 
 def client_process(urls: list[str], kind: str, clients: int, seconds: float, prefix: str,
-                   out: multiprocessing.Queue[Tally]) -> None:
+                   rate: float | None, out: multiprocessing.Queue[Tally]) -> None:
     with contextlib.suppress(ImportError):
         import uvloop
 
         uvloop.install()
-    tally = asyncio.run(run_clients(urls, kind, clients, seconds, prefix))
+    tally = asyncio.run(run_clients(urls, kind, clients, seconds, prefix, rate))
     tally.cpu = time.process_time()
     out.put(tally)
 
@@ -210,8 +242,10 @@ def drive(urls: list[str], args: argparse.Namespace) -> tuple[Tally, float]:
     out: multiprocessing.Queue[Tally] = multiprocessing.Queue()
     shares = [args.clients // args.procs + (i < args.clients % args.procs)
               for i in range(args.procs)]
+    rate = getattr(args, "rate", None)
     workers = [multiprocessing.Process(target=client_process, args=(
-        urls, args.client, share, args.seconds, f"p{i}-{os.getpid()}", out))
+        urls, args.client, share, args.seconds, f"p{i}-{os.getpid()}",
+        rate and rate * share / args.clients, out))
         for i, share in enumerate(shares)]
     started = time.perf_counter()
     for worker in workers:
@@ -298,6 +332,10 @@ def ceiling_process(workdir: Path) -> Iterator[tuple[str, subprocess.Popen[bytes
         process.wait(30)
 
 
+PACED_SHARE = 0.4
+"""The paced runs offer each instance this share of what Redis x1 took in the same round."""
+
+
 def compare(args: argparse.Namespace) -> None:
     rounds: list[list[Measured]] = []
     for _ in range(args.rounds):
@@ -308,27 +346,42 @@ def compare(args: argparse.Namespace) -> None:
     if args.rounds > 1:
         print(f"median of {args.rounds} rounds:")
         print_table([Row.of(rounds, list(column)) for column in zip(*rounds, strict=True)])
-        ratios = [runs[3].per_webhook(runs[3].cpu) / runs[2].per_webhook(runs[2].cpu)
+    for what, x1, x2 in (("as fast as answered", 2, 3), ("at R per instance", 4, 5)):
+        ratios = [runs[x2].per_webhook(runs[x2].cpu) / runs[x1].per_webhook(runs[x1].cpu)
                   for runs in rounds]
-        print(f"relay CPU per webhook, redis x2 / x1, each round: "
+        print(f"relay CPU per webhook, redis x2 / x1, {what}, each round: "
               f"{' '.join(f'{r:.2f}' for r in ratios)}; median {statistics.median(ratios):.2f}")
 
 
 def compare_once(args: argparse.Namespace) -> list[Measured]:
+    """The ceiling, SQLite, Redis x1 and x2 as fast as the clients are answered; then Redis
+    x1 offered R webhooks/s and x2 offered 2R (R: PACED_SHARE of what x1 took), the same
+    load per instance, with the cores to spare that the first x2 lacks (two relays, Redis
+    and the client on two cores preempt each other)."""
     runs: list[Measured] = []
     with tempfile.TemporaryDirectory(prefix="relay-bench-") as tmp:
         with ceiling_process(Path(tmp)) as (url, process):
             runs.append(measure("ceiling", [process], [url], args))
         for label, kind, count in (("sqlite", "sqlite", 1), ("redis x1", "redis", 1),
                                    ("redis x2", "redis", 2)):
-            work = Path(tmp) / label.replace(" ", "-")
-            work.mkdir()
-            with bench_store(kind, work) as store:
-                with relay_processes(work, store.url, count, args.log_level) as relays:
-                    run = measure(label, [p for _, p in relays], [u for u, _ in relays], args)
-                run.stored = store.webhook_events()
-            runs.append(run)
+            runs.append(relay_run(Path(tmp), label, kind, count, args))
+        share = round(runs[2].rate * PACED_SHARE, -1)
+        print(f"R = {share:,.0f} webhooks/s ({PACED_SHARE:.0%} of what redis x1 took)")
+        for label, count in (("redis x1 at R", 1), ("redis x2 at 2R", 2)):
+            paced = argparse.Namespace(**{**vars(args), "rate": share * count})
+            runs.append(relay_run(Path(tmp), label, "redis", count, paced))
     return runs
+
+
+def relay_run(tmp: Path, label: str, kind: str, count: int, args: argparse.Namespace
+              ) -> Measured:
+    work = tmp / label.replace(" ", "-")
+    work.mkdir()
+    with bench_store(kind, work) as store:
+        with relay_processes(work, store.url, count, args.log_level) as relays:
+            run = measure(label, [p for _, p in relays], [u for u, _ in relays], args)
+        run.stored = store.webhook_events()
+    return run
 
 
 @dataclass
@@ -366,13 +419,13 @@ class Row:
 
 
 def print_table(rows: list[Row]) -> None:
-    print(f"{'':10} {'webhooks/s':>10} {'of ceiling':>10} {'relay CPU/wh':>13} {'x ceiling':>9}"
+    print(f"{'':14} {'webhooks/s':>10} {'of ceiling':>10} {'relay CPU/wh':>13} {'x ceiling':>9}"
           f" {'redis CPU/wh':>13} {'p50 ms':>7} {'p99 ms':>7}  stored")
     for row in rows:
         redis = f"{row.redis_cpu:10.0f} us" if "redis" in row.label else ""
         stored = "-" if row.label == "ceiling" else (
             "LOST ACKNOWLEDGED WEBHOOKS" if row.lost else "ok")
-        print(f"{row.label:10} {row.rate:10,.0f} {row.of_ceiling:10.0%} "
+        print(f"{row.label:14} {row.rate:10,.0f} {row.of_ceiling:10.0%} "
               f"{row.relay_cpu:10.0f} us {row.x_ceiling:8.2f}x {redis:>13} "
               f"{row.p50:7.1f} {row.p99:7.1f}  {stored}")
 
@@ -388,6 +441,9 @@ def main() -> int:
     parser.add_argument("--instances", type=int, default=1, help="relay processes (redis)")
     parser.add_argument("--compare", action="store_true",
                         help="the ceiling app, then SQLite, Redis x1 and Redis x2, in one table")
+    parser.add_argument("--rate", type=float, default=None,
+                        help="webhooks/s offered, all clients together (default: as fast as "
+                             "they are answered)")
     parser.add_argument("--rounds", type=int, default=1,
                         help="with --compare: run it this many times, and print the medians")
     args = parser.parse_args()
