@@ -364,6 +364,34 @@ async def test_the_reason_for_a_refusal_is_counted_and_logged_but_not_told_to_th
     assert "stale_timestamp" in caplog.text and "signature_mismatch" in caplog.text
 
 
+async def test_a_flood_of_refusals_is_one_warning_a_minute_per_reason_with_the_count(
+        caplog, monkeypatch):
+    import relay.ingest.webhooks as webhooks
+
+    clock = [1000.0]
+    monkeypatch.setattr(webhooks.time, "monotonic", lambda: clock[0])
+    async with asgi_relay() as relay:
+        body = encode(PAYLOAD)
+
+        async def forge(times: int) -> None:
+            for _ in range(times):
+                assert_refused(await post(relay.client, "/hooks/gen", body,
+                                          sync_headers(body, "nope")), 401, "invalid_signature")
+
+        await forge(50)
+        assert_refused(await post(relay.client, "/hooks/gen", body, {}), 401,
+                       "invalid_signature")  # another reason: warned of at once
+        clock[0] += webhooks.WARN_EVERY
+        await forge(1)
+        metrics = (await relay.client.get("/metrics")).text
+    warnings = [r.getMessage() for r in caplog.records if r.name == webhooks.__name__]
+    assert warnings == ["refused a webhook for gen: signature_mismatch",
+                        "refused a webhook for gen: missing_signature",
+                        "refused a webhook for gen: signature_mismatch "
+                        "(and 49 more since the last warning)"]
+    assert 'relay_webhooks_total{outcome="signature_mismatch",provider="gen"} 51.0' in metrics
+
+
 # -- idempotency -----------------------------------------------------------------------------------
 
 async def test_a_repeated_webhook_id_answers_200_duplicate_and_makes_no_event():

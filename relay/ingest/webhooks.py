@@ -16,7 +16,9 @@ Only a committed update is accepted; nothing from a refused delivery is stored. 
 seen before (the same signature, or the same Standard Webhooks `webhook-id` for the job,
 within 7 days: the store keeps the key) is a duplicate and makes no event, even when the job
 has changed since. Every outcome, and every reason a delivery was refused, is counted per
-provider (`relay_webhooks_total`).
+provider (`relay_webhooks_total`). A refusal is also a warning, at most one per provider and
+reason every WARN_EVERY seconds, saying how many went unsaid: a flood of forged or
+misaddressed deliveries has its access lines and its count, not a second line each.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from prometheus_client import Counter
 
@@ -45,6 +47,7 @@ from relay.tokens import Tokens
 logger = logging.getLogger(__name__)
 
 ID_FIELDS = {Schema.STORY: "job_id", Schema.GENERATION: "id", Schema.JOBSTATUS: "id"}
+WARN_EVERY = 60.0
 NAMED_JOB_SCAN = 4096
 """Bytes of a refused body searched for the job it names (never parsed: it proved nothing)."""
 
@@ -75,6 +78,7 @@ class WebhookIngest:
         self.catalogs = catalogs  # the generation providers' error catalogs
         self.on_unverified = on_unverified
         self._counters: dict[tuple[str, str], Counter] = {}
+        self._warned: dict[tuple[str, str], tuple[float, int]] = {}  # when, refusals since
 
     def provider(self, name: str) -> ProviderConfig:
         provider = self.providers.get(name)
@@ -91,14 +95,14 @@ class WebhookIngest:
         if token is not None:
             job = self.tokens.webhook_job(token)
             if job is None or job[0] != provider.name:
-                _refuse(provider, "bad_token")
+                self._refuse(provider, "bad_token")
         claimed = None
         if provider.webhook_secrets:
             claimed = claim(headers, now=time.time(), tolerance=provider.signature_tolerance)
             if claimed.problem is not None:
-                _refuse(provider, claimed.problem)
+                self._refuse(provider, claimed.problem)
         elif token is None:
-            _refuse(provider, "missing_token")
+            self._refuse(provider, "missing_token")
         return Admitted(job, claimed)
 
     def authenticate(self, provider: ProviderConfig, admitted: Admitted,
@@ -110,7 +114,7 @@ class WebhookIngest:
         proof = prove(admitted.claim, body, provider.webhook_secrets)
         if proof.problem is not None:
             self._tell_unverified(provider, body)
-            _refuse(provider, proof.problem)
+            self._refuse(provider, proof.problem)
         if admitted.claim.scheme == STANDARD:
             return None  # its webhook-id, signed with the body, is the key (see accept)
         return f"sig:{provider.name}:{proof.signature.hex()}"
@@ -122,7 +126,7 @@ class WebhookIngest:
         catalog = self.catalogs.get(provider.name) if self.catalogs is not None else None
         update = read_update(provider.schema, payload, now(), catalog=catalog)
         if job is not None and job[1] != update.external_id:
-            _refuse(provider, "token_for_another_job")
+            self._refuse(provider, "token_for_another_job")
         key = replay_key or _message_key(provider, update.external_id, headers)
         applied = await self.recorder.record(provider, update, Source.WEBHOOK, dedupe_key=key)
         self.count(provider, "accepted" if applied.event is not None else "duplicate")
@@ -135,6 +139,17 @@ class WebhookIngest:
             counter = self.metrics.webhooks.labels(provider.name, outcome)
             self._counters[(provider.name, outcome)] = counter
         counter.inc()
+
+    def _refuse(self, provider: ProviderConfig, reason: str) -> NoReturn:
+        key, now = (provider.name, reason), time.monotonic()
+        warned, unsaid = self._warned.get(key, (now - WARN_EVERY, 0))
+        if now - warned < WARN_EVERY:
+            self._warned[key] = (warned, unsaid + 1)
+        else:
+            self._warned[key] = (now, 0)
+            logger.warning("refused a webhook for %s: %s%s", provider.name, reason,
+                           f" (and {unsaid} more since the last warning)" if unsaid else "")
+        raise Unverified(reason)
 
     def _tell_unverified(self, provider: ProviderConfig, body: bytes) -> None:
         # Best effort, on a body that proved nothing: whatever the hook does with it, the
@@ -150,9 +165,6 @@ class WebhookIngest:
             logger.exception("the unverified-delivery hook failed for %s", provider.name)
 
 
-def _refuse(provider: ProviderConfig, reason: str) -> None:
-    logger.warning("refused a webhook for %s: %s", provider.name, reason)
-    raise Unverified(reason)
 
 
 _NAMED = {field: re.compile(rb'"%s"\s*:\s*"([^"\\]{1,%d})"' % (field.encode(), TEXT_LENGTH))
