@@ -117,7 +117,11 @@ class WebhookIngest:
             self._refuse(provider, proof.problem)
         if admitted.claim.scheme == STANDARD:
             return None  # its webhook-id, signed with the body, is the key (see accept)
-        return f"sig:{provider.name}:{proof.signature.hex()}"
+        # A Sync-Signature's key starts with its signed time ("<t>."; an X-Signature-Primary
+        # has none), so each new key lands beside the last ones in the store's index rather
+        # than on a page of its own: half the pages a SQLite commit writes.
+        prefix = admitted.claim.signed_prefix.decode()
+        return f"sig:{provider.name}:{prefix}{proof.signature.hex()}"
 
     async def accept(self, provider: ProviderConfig, payload: Any, headers: Mapping[str, str],
                      *, job: Job | None = None, replay_key: str | None = None) -> Applied:
