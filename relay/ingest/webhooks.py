@@ -48,6 +48,7 @@ logger = logging.getLogger(__name__)
 
 ID_FIELDS = {Schema.STORY: "job_id", Schema.GENERATION: "id", Schema.JOBSTATUS: "id"}
 WARN_EVERY = 60.0
+"""Seconds between warnings of refused deliveries for one provider and reason."""
 NAMED_JOB_SCAN = 4096
 """Bytes of a refused body searched for the job it names (never parsed: it proved nothing)."""
 
@@ -119,7 +120,7 @@ class WebhookIngest:
             return None  # its webhook-id, signed with the body, is the key (see accept)
         # A Sync-Signature's key starts with its signed time ("<t>."; an X-Signature-Primary
         # has none), so each new key lands beside the last ones in the store's index rather
-        # than on a page of its own: half the pages a SQLite commit writes.
+        # than on a page of its own (of a SQLite commit's pages, this was half).
         prefix = admitted.claim.signed_prefix.decode()
         return f"sig:{provider.name}:{prefix}{proof.signature.hex()}"
 
