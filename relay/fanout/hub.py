@@ -57,7 +57,7 @@ class Subscriber:
         # share its string.
         self.topics = tuple(dict.fromkeys(map(sys.intern, topics)))
         self.single_job = single_job
-        self.after: tuple[int, ...] | None = None
+        self.after: tuple[int, int] | None = None
         self.seen: dict[str, int] | None = None
         self.closed = False
 

@@ -170,8 +170,6 @@ class WebhookIngest:
             logger.exception("the unverified-delivery hook failed for %s", provider.name)
 
 
-
-
 _NAMED = {field: re.compile(rb'"%s"\s*:\s*"([^"\\]{1,%d})"' % (field.encode(), TEXT_LENGTH))
           for field in set(ID_FIELDS.values())}
 

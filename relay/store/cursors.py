@@ -9,7 +9,7 @@ incarnation of the store (a new `relay.db`, a flushed Redis, a memory store afte
 never names a position in the new log: it is unknown, and a subscriber resuming from it gets
 `relay.reset` rather than a replay that silently skips or repeats events. The same goes for
 the `webhook-id` of outbound deliveries, which is the event's cursor. Only the backend reads
-the position; `order` only compares two (a stream resuming where the hub is behind its cursor).
+the position; `order` only compares two.
 """
 
 from __future__ import annotations
@@ -25,10 +25,12 @@ EPOCH = "cursor_epoch"
 _NUMBER = re.compile(r"[0-9]{1,19}")  # ASCII digits: str.isdigit() also takes "²"
 
 
-def order(cursor: str) -> tuple[int, ...]:
-    """Where a cursor the store gave falls in its log: cursors of one epoch compare in the
-    log's order as these (a position is a number, or Redis's two joined by "-")."""
-    return tuple(map(int, cursor.rpartition(".")[2].split("-")))
+def order(cursor: str) -> tuple[int, int]:
+    """Where a cursor the store gave, or its position, falls in its log: those of one epoch
+    compare in the log's order as these (a position is a number, or Redis's two joined by
+    "-")."""
+    first, _, second = cursor.rpartition(".")[2].partition("-")
+    return int(first), int(second or 0)
 
 
 def new_epoch() -> str:

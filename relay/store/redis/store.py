@@ -51,7 +51,7 @@ from relay.errors import CursorExpired, StoreError, UnknownCursor
 from relay.models import TERMINAL, Event, Job, JobHead, Source, State
 from relay.runtime.tasks import cancel_all
 from relay.store import Applied, Change, JobQuery, Store, finished
-from relay.store.cursors import EPOCH, Cursors, new_epoch
+from relay.store.cursors import EPOCH, Cursors, new_epoch, order
 from relay.store.health import WriteHealth
 from relay.store.redis.client import Connection, Dedicated, translated
 from relay.store.redis.leases import RedisLeases
@@ -464,7 +464,7 @@ class RedisStore(Store):
                 for job_id in newest:
                     pipe.hmget(self._key("job", job_id), ["c", "j", "s", "r"])
                 rows = await pipe.execute()
-        rows = sorted((row for row in rows if row[0]), key=lambda row: _order(row[0]))
+        rows = sorted((row for row in rows if row[0]), key=lambda row: order(row[0]))
         return [self._event(c, {"j": j, "s": s, "r": r}) for c, j, s, r in rows]
 
     async def history(self, job_id: str, limit: int = 1000) -> list[Event]:
@@ -515,9 +515,9 @@ class RedisStore(Store):
         if not _CURSOR.fullmatch(position):
             raise UnknownCursor(cursor)
         info = await self._stream_info()
-        if info is None or _order(position) > _order(info["last-generated-id"]):
+        if info is None or order(position) > order(info["last-generated-id"]):
             raise UnknownCursor(cursor)
-        if _trimmed_after(position, info) or _order(position) < _order(
+        if _trimmed_after(position, info) or order(position) < order(
                 info.get("max-deleted-entry-id") or "0-0"):
             raise CursorExpired(cursor)
         return position
@@ -536,7 +536,7 @@ class RedisStore(Store):
 
     def _swept_after(self, position: str) -> bool:
         """Whether this instance's sweeps deleted an event after the one at `position`."""
-        return bool(_CURSOR.fullmatch(position)) and _order(position) < _order(self._swept)
+        return bool(_CURSOR.fullmatch(position)) and order(position) < order(self._swept)
 
     async def _stream_info(self) -> dict[str, Any] | None:
         try:
@@ -726,7 +726,7 @@ class _Tail:
     def extend(self, ids: list[str], events: list[Event]) -> None:
         """Add `events`, whose entry ids are `ids`."""
         self.events += events
-        self._orders += [_order(entry_id) for entry_id in ids]
+        self._orders += [order(entry_id) for entry_id in ids]
         self.last = ids[-1]
         if len(self.events) > self.size:
             dropped = len(self.events) - self.size
@@ -736,17 +736,17 @@ class _Tail:
 
     def covers(self, cursor: str) -> bool:
         """Whether every event after `cursor` that the reader has seen is here."""
-        return bool(_CURSOR.fullmatch(cursor)) and _order(cursor) >= _order(self.first)
+        return bool(_CURSOR.fullmatch(cursor)) and order(cursor) >= order(self.first)
 
     def after(self, cursor: str) -> bool:
-        return bool(self._orders) and self._orders[-1] > _order(cursor)
+        return bool(self._orders) and self._orders[-1] > order(cursor)
 
     def since(self, cursor: str, limit: int) -> list[Event] | None:
         """The events after `cursor`, or None when the tail cannot tell (it does not reach
         back to it, or the cursor is past what it has read: perhaps not a cursor at all)."""
-        if not self.covers(cursor) or _order(cursor) > _order(self.last):
+        if not self.covers(cursor) or order(cursor) > order(self.last):
             return None
-        start = bisect.bisect_right(self._orders, _order(cursor))
+        start = bisect.bisect_right(self._orders, order(cursor))
         return self.events[start:start + limit]
 
 
@@ -792,10 +792,4 @@ def _trimmed_after(cursor: str, info: dict[str, Any]) -> bool:
     cursor naming exactly the last trimmed entry is reported too: it cannot be told apart)."""
     trimmed = int(info.get("entries-added", 0)) > int(info.get("length", 0))
     first = info.get("recorded-first-entry-id") or "0-0"
-    return trimmed and _order(cursor) < _order(first)
-
-
-def _order(cursor: str) -> tuple[int, int]:
-    ms, _, seq = cursor.partition("-")
-    return int(ms), int(seq or 0)
-
+    return trimmed and order(cursor) < order(first)
