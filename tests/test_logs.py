@@ -4,8 +4,12 @@ and no token in them, no httpx line per poll, and each job's moves logged once e
 
 from __future__ import annotations
 
+import asyncio
+import io
 import json
+import logging
 import re
+import threading
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -13,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
+from relay.runtime.logs import LineWriter, TextFormatter
 from relay.runtime.server import serving_in_thread
 from relay.sim import JobStatusProvider, jobstatus_timeline
 from tests.support import RelayProcess, free_port
@@ -147,3 +152,93 @@ def test_an_unknown_log_format_fails_at_startup_naming_the_key(tmp_path, log_for
     process = RelayProcess(path, free_port())
     with pytest.raises(RuntimeError, match=r"server\.log_format: expected text or json"):
         process.start()
+
+
+# -- the handler: lines held for a turn of the event loop --------------------------------------
+
+def line_writer() -> tuple[logging.Logger, io.StringIO]:
+    stream = io.StringIO()
+    handler = LineWriter(stream)
+    handler.setFormatter(TextFormatter())
+    log = logging.getLogger(f"tests.lines.{id(stream)}")
+    log.propagate = False
+    log.setLevel(logging.DEBUG)
+    log.addHandler(handler)
+    return log, stream
+
+
+def messages(stream: io.StringIO) -> list[str]:
+    return [line.split(": ", 1)[1] for line in stream.getvalue().splitlines()]
+
+
+def test_info_lines_logged_in_one_turn_of_the_loop_are_written_together_at_its_end():
+    log, stream = line_writer()
+
+    async def turn() -> tuple[list[str], list[str]]:
+        log.info("one")
+        log.debug("two")
+        held = messages(stream)
+        await asyncio.sleep(0)  # the turn ends: the handler's call_soon runs before this resumes
+        return held, messages(stream)
+
+    held, written = asyncio.run(turn())
+    assert held == []
+    assert written == ["one", "two"]
+
+
+def test_a_warning_is_written_at_once_after_the_lines_held_before_it():
+    log, stream = line_writer()
+
+    async def turn() -> list[str]:
+        log.info("held")
+        log.warning("at once")
+        return messages(stream)
+
+    assert asyncio.run(turn()) == ["held", "at once"]
+
+
+def test_lines_logged_off_the_loop_are_written_at_once_and_in_order():
+    log, stream = line_writer()
+    log.info("no loop")
+    assert messages(stream) == ["no loop"]
+    thread = threading.Thread(target=log.info, args=("from a thread",))
+
+    async def turn() -> list[str]:
+        log.info("on the loop")
+        thread.start()
+        thread.join()
+        return messages(stream)
+
+    assert asyncio.run(turn()) == ["no loop", "on the loop", "from a thread"]
+
+
+def test_lines_held_by_a_loop_that_closed_are_written_by_the_next_one():
+    log, stream = line_writer()
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(asyncio.sleep(0))
+    loop.call_soon(log.info, "held by a loop that then stops")  # its turn's end never runs
+    loop.stop()
+    loop.run_forever()
+    loop.close()
+
+    async def turn() -> list[str]:
+        log.info("the next loop's")
+        held = messages(stream)
+        await asyncio.sleep(0)
+        return held
+
+    assert asyncio.run(turn()) == []  # the next loop holds lines in its turn as the first did
+    assert messages(stream) == ["held by a loop that then stops", "the next loop's"]
+
+
+def test_a_text_line_carries_its_fields_and_traceback():
+    log, stream = line_writer()
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        log.exception("failed", extra={"job_id": "j-1"})
+    first, *rest = stream.getvalue().splitlines()
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ERROR tests\.lines\.\d+: "
+                        r"failed job_id=j-1", first)
+    assert rest[0] == "Traceback (most recent call last):"
+    assert rest[-1] == "ValueError: boom"

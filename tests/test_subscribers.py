@@ -379,6 +379,7 @@ async def test_shutdown_with_100_open_streams_completes_within_seconds(tmp_path:
     log = relay.log.read_text()
     assert code in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once it has shut down
     assert "Application shutdown complete" in log
+    assert "Finished server process" in log.splitlines()[-1]  # the last lines are not lost
     assert "timeout graceful shutdown exceeded" not in log
     assert elapsed < 4, f"shutdown took {elapsed:.1f}s"  # uvicorn's own limit is 5 s
     assert all(count == 1 for count in ends)

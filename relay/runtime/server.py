@@ -41,7 +41,14 @@ class Server(uvicorn.Server):
             yield
             return
         with super().capture_signals():
-            yield
+            try:
+                yield
+            finally:
+                # Uvicorn raises again the signal that stopped it once this block ends, and
+                # its default action ends the process there, in the loop's last turn: the
+                # lines held for that turn's end (relay.runtime.logs) are written first.
+                for handler in logging.getLogger().handlers:
+                    handler.flush()
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
