@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -22,12 +23,16 @@ import pytest
 
 from relay.app import create_app
 from relay.config import Settings
+from relay.models import Job, Source, State
 from relay.runtime.server import serving
 from relay.settings import parse_settings
-from relay.signing import sync_signature_header
-from relay.store import Store
+from relay.store import Applied, Change, Store
+from tests.senders import WEBHOOK_SECRET, signed
 
-WEBHOOK_SECRET = "test-webhook-secret"
+
+def settings_with(store: str = "memory://", **providers: dict[str, Any]) -> Settings:
+    """Settings with these providers (name: table) and no other."""
+    return parse_settings({"server": {"store": store}, "providers": providers})
 
 
 def make_settings(store: str = "memory://", **server: Any) -> Settings:
@@ -59,12 +64,43 @@ class Relay:
     async def webhook(self, payload: Mapping[str, Any], provider: str = "gen",
                       secret: str = WEBHOOK_SECRET, timestamp: int | None = None,
                       headers: Mapping[str, str] | None = None) -> httpx.Response:
-        body = json.dumps(payload).encode()
-        stamp = int(time.time()) if timestamp is None else timestamp
-        signed = {"content-type": "application/json",
-                  "sync-signature": sync_signature_header(secret, body, stamp)}
+        body, signature = signed(payload, secret, timestamp)
         return await self.client.post(f"/hooks/{provider}", content=body,
-                                      headers={**signed, **(headers or {})})
+                                      headers={**signature, **(headers or {})})
+
+
+# -- jobs and changes for the store's own API ---------------------------------------------
+
+NOW = "2026-01-01T00:00:00.000Z"
+"""The receive time of every change these helpers make."""
+
+
+def job(external_id: str, *, provider: str = "p", version: int = 1, state: State = State.QUEUED,
+        topics: tuple[str, ...] = ()) -> Job:
+    """A job as a store test makes it, its id made from its provider and external id."""
+    job_id = f"id-{provider}-{external_id}"
+    return Job(id=job_id, provider=provider, schema="generation", external_id=external_id,
+               state=state, version=version,
+               topics=(f"job:{job_id}", f"provider:{provider}", *topics))
+
+
+def create(new: Job) -> Change:
+    """The change that starts `new`, or makes nothing when its job exists."""
+    return lambda current: new if current is None else None
+
+
+def bump(state: State | None = None) -> Change:
+    """The change that raises a job's version (and moves it to `state`)."""
+    def change(current: Job | None) -> Job | None:
+        assert current is not None
+        return current.replace(version=current.version + 1, state=state or current.state)
+    return change
+
+
+async def put(store: Store, new: Job, **kwargs: Any) -> Applied:
+    """`new` started in `store`, as received at NOW."""
+    return await store.apply(new.provider, new.external_id, create(new), source=Source.API,
+                             received_at=NOW, **kwargs)
 
 
 @contextlib.asynccontextmanager
@@ -243,6 +279,20 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def gen_config(tmp_path: Path, store: str) -> Path:
+    """A relay.toml for `relay serve`: `store`, and provider `gen` (generation, Sync-Signature
+    with WEBHOOK_SECRET)."""
+    path = tmp_path / "relay.toml"
+    path.write_text(f"""
+[server]
+store = "{store}"
+[providers.gen]
+schema = "generation"
+webhook_secret = "{WEBHOOK_SECRET}"
+""")
+    return path
+
+
 class RelayProcess:
     """`python -m relay serve` as a real subprocess, for restarts and SIGKILL."""
 
@@ -285,3 +335,68 @@ class RelayProcess:
                 self.process.kill()
                 self.process.wait(5)
         return self.process.returncode
+
+
+class Demo:
+    """`relay demo` as a real subprocess, its store in `directory`, restartable on `port`."""
+
+    def __init__(self, directory: Path, port: int) -> None:
+        self.directory = directory
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with (self.directory / "demo.log").open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "relay", "demo", "--port", str(self.port),
+                 "--dir", str(self.directory)], stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        raise RuntimeError((self.directory / "demo.log").read_text()[-2000:])
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+# -- what the server side shows ----------------------------------------------------------
+
+def raise_open_files_limit(needed: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
+def metric(text: str, name: str) -> float:
+    """The value of an unlabelled sample in Prometheus text."""
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not in metrics")
+
+
+async def metrics(client: httpx.AsyncClient) -> str:
+    return (await client.get("/metrics")).text
+
+
+def server_side_open(server_port: int, client_port: int) -> bool:
+    """Whether the server still holds its end of the connection from `client_port`."""
+    wanted = (f"0100007F:{server_port:04X}", f"0100007F:{client_port:04X}")
+    with open("/proc/net/tcp") as table:
+        return any(tuple(row.split()[1:3]) == wanted for row in list(table)[1:])

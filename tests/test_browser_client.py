@@ -16,9 +16,9 @@ import httpx
 import pytest
 
 from relay.fanout.wire import RETRY_MS
-from relay.signing import sync_signature_header
 from tests.browser import page, wait_until
-from tests.support import WEBHOOK_SECRET, RelayProcess, free_port
+from tests.senders import WEBHOOK_SECRET, post_update
+from tests.support import RelayProcess, free_port
 
 __all__ = ["page"]  # the fixture, used by name
 
@@ -68,17 +68,6 @@ def track(relay: RelayProcess, external_id: str) -> dict[str, Any]:
     return answer.json()  # type: ignore[no-any-return]
 
 
-def webhook(base_url: str, external_id: str, status: str, percent: int | None = None) -> None:
-    payload: dict[str, Any] = {"id": external_id, "status": status}
-    if percent is not None:
-        payload["progress_percent"] = percent
-    body = json.dumps(payload).encode()
-    headers = {"content-type": "application/json",
-               "sync-signature": sync_signature_header(WEBHOOK_SECRET, body, int(time.time()))}
-    answer = httpx.post(f"{base_url}/hooks/gen", content=body, headers=headers, timeout=10)
-    assert answer.status_code == 202, answer.text
-
-
 def log(page: Any) -> list[list[Any]]:
     return page.evaluate("window.log")  # type: ignore[no-any-return]
 
@@ -110,10 +99,10 @@ def test_resumes_across_a_killed_relay_with_nothing_missed_or_repeated(tmp_path,
         relay.kill()
         relay.start()  # same port, same SQLite file: the token and the cursors still hold
         # Stored while the browser was away: it gets them through Last-Event-ID.
-        webhook(relay.url, "resume", "PROCESSING", 30)
-        webhook(relay.url, "resume", "PROCESSING", 60)
+        post_update(relay.url, "resume", "PROCESSING", 30)
+        post_update(relay.url, "resume", "PROCESSING", 60)
         wait_until(page, lambda: len(jobs(page)) == 3, timeout=30, what="the missed events")
-        webhook(relay.url, "resume", "COMPLETED")
+        post_update(relay.url, "resume", "COMPLETED")
         wait_until(page, lambda: page.evaluate("window.subscription.closed"), what="the end")
     assert [entry[2] for entry in jobs(page)] == [1, 2, 3, 4]
     assert jobs(page)[-1][3] == "succeeded"
@@ -126,7 +115,7 @@ def test_relay_reset_after_the_store_was_reset_then_the_current_state(tmp_path, 
         page.goto(f"{relay.url}/healthz")
         page.evaluate(SUBSCRIBE, ["/v1/events?topic=provider:gen", None])
         for percent in (20, 40, 60):
-            webhook(relay.url, "before", "PROCESSING", percent)
+            post_update(relay.url, "before", "PROCESSING", percent)
         wait_until(page, lambda: len(jobs(page)) == 4, what="four events")
         relay.kill()
         # A memory store starts empty, with a new cursor epoch: the browser's cursor names
@@ -150,14 +139,14 @@ def test_an_expired_token_is_replaced_through_the_callback_and_events_keep_flowi
         page.evaluate(SUBSCRIBE, [f"/v1/jobs/{job_id}/events?token={short['token']}",
                                   {"jobs": [job_id], "ttl": 60}])
         wait_until(page, lambda: jobs(page), what="the first state")
-        webhook(relay.url, "refresh", "PROCESSING", 50)
+        post_update(relay.url, "refresh", "PROCESSING", 50)
         wait_until(page, lambda: expired(short["token"]), timeout=5, what="the token's expiry")
         # The open stream outlives its token; the reconnect after a restart needs a new one.
         relay.kill()
         relay.start()
         wait_until(page, lambda: page.evaluate("window.tokenCalls") == 1, timeout=30,
                    what="the token callback")
-        webhook(relay.url, "refresh", "COMPLETED")
+        post_update(relay.url, "refresh", "COMPLETED")
         wait_until(page, lambda: page.evaluate("window.subscription.closed"), what="the end")
     assert [entry[2] for entry in jobs(page)] == [1, 2, 3]
     assert page.evaluate("window.tokenCalls") == 1
@@ -167,7 +156,7 @@ def test_an_expired_token_is_replaced_through_the_callback_and_events_keep_flowi
 def test_a_stream_over_before_its_cursor_stops_on_204_without_reconnecting(tmp_path, page):
     with running(relay_process(tmp_path, "memory://")) as relay:
         tracked = track(relay, "over")
-        webhook(relay.url, "over", "COMPLETED")
+        post_update(relay.url, "over", "COMPLETED")
         history = httpx.get(f"{relay.url}/v1/jobs/{tracked['job']['id']}/history").json()
         cursor = history["events"][-1]["cursor"]
         requests: list[str] = []

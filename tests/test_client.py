@@ -10,7 +10,6 @@ import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,17 +20,16 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from relay.client import InvalidDelivery, RelayApiError, RelayClient, verify_delivery
 from relay.runtime.server import serving
 from relay.settings import parse_settings
-from relay.signing import sync_signature_header
 from relay.sim import JobStatusProvider, jobstatus_timeline
+from tests.consumers import Consumer, outbound_settings, serving_consumer, subscribe
+from tests.senders import WEBHOOK_SECRET, signed, standard_headers
 from tests.support import (
-    WEBHOOK_SECRET,
     RelayProcess,
     eventually,
     free_port,
     make_settings,
     running_relay,
 )
-from tests.test_outbound import Consumer, outbound_settings, serving_consumer, subscribe
 
 pytestmark = pytest.mark.anyio
 
@@ -40,9 +38,7 @@ API_KEY = "client-test-key"
 
 async def webhook(base_url: str, payload: dict[str, Any]) -> str:
     """Posts a signed `generation` webhook to provider `gen`; the cursor it was stored at."""
-    body = json.dumps(payload).encode()
-    headers = {"content-type": "application/json",
-               "sync-signature": sync_signature_header(WEBHOOK_SECRET, body, int(time.time()))}
+    body, headers = signed(payload)
     async with httpx.AsyncClient(base_url=base_url) as http:
         answer = await http.post("/hooks/gen", content=body, headers=headers)
     assert answer.status_code == 202, answer.text
@@ -234,27 +230,20 @@ SECRET = "whsec_" + base64.b64encode(b"a consumer's secret of 32 bytes!").decode
 OTHER = "whsec_" + base64.b64encode(b"another secret, not the right 1").decode()
 
 
-def signed(secret: str, body: bytes, at: float, msg_id: str = "msg_1") -> dict[str, str]:
-    """Headers signed by the standardwebhooks package itself."""
-    stamp = datetime.fromtimestamp(at, UTC)
-    return {"webhook-id": msg_id, "webhook-timestamp": str(int(at)),
-            "webhook-signature": Webhook(secret).sign(msg_id, stamp, body.decode())}
-
-
 def delivery_cases() -> dict[str, tuple[dict[str, str], bytes]]:
     now = time.time()
     body = json.dumps({"type": "job.updated", "timestamp": "t", "data": {"id": "j"}}).encode()
-    genuine = signed(SECRET, body, now)
-    rotated = {**genuine, "webhook-signature": signed(OTHER, body, now)["webhook-signature"]
-               + " " + genuine["webhook-signature"]}
+    genuine = standard_headers(body, SECRET, stamp=int(now))
+    other = standard_headers(body, OTHER, stamp=int(now))["webhook-signature"]
+    rotated = {**genuine, "webhook-signature": f"{other} {genuine['webhook-signature']}"}
     return {
         "genuine": (genuine, body),
         "signed with both secrets during a rotation": (rotated, body),
         "header names in any case": ({k.title(): v for k, v in genuine.items()}, body),
         "tampered body": (genuine, body.replace(b'"j"', b'"k"')),
-        "another secret": (signed(OTHER, body, now), body),
-        "ten minutes old": (signed(SECRET, body, now - 600), body),
-        "ten minutes ahead": (signed(SECRET, body, now + 600), body),
+        "another secret": (standard_headers(body, OTHER, stamp=int(now)), body),
+        "ten minutes old": (standard_headers(body, SECRET, stamp=int(now - 600)), body),
+        "ten minutes ahead": (standard_headers(body, SECRET, stamp=int(now + 600)), body),
         "another message id": ({**genuine, "webhook-id": "msg_2"}, body),
         "no signature": ({k: v for k, v in genuine.items() if k != "webhook-signature"}, body),
         "a v2 signature only": ({**genuine, "webhook-signature": genuine[

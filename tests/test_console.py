@@ -22,10 +22,9 @@ from relay.runtime.server import serving
 from relay.settings import parse_settings
 from relay.sim import Fault, JobStatusProvider, StoryProvider, jobstatus_timeline, story_timeline
 from relay.tokens import Tokens, key_fingerprint
-from tests.browser import page, wait_until
-from tests.support import free_port
-from tests.test_demo import ARTIFACTS, Demo
-from tests.test_outbound import Consumer, serving_consumer
+from tests.browser import ARTIFACTS, page, wait_until
+from tests.consumers import Consumer, serving_consumer
+from tests.support import Demo, free_port
 
 __all__ = ["page"]  # the fixture, used by name
 

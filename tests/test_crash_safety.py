@@ -11,17 +11,15 @@ them anyway.
 from __future__ import annotations
 
 import asyncio
-import json
 import ssl
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
 from relay.models import Job, Source
-from relay.signing import sync_signature_header
 from relay.store.sqlite import SQLiteStore
+from tests.senders import signed
 from tests.support import RelayProcess, eventually, free_port, redis_url, sse
 
 pytestmark = pytest.mark.anyio
@@ -44,9 +42,7 @@ def write_config(tmp_path: Path, store: str | None = None) -> Path:
 
 async def deliver(client: httpx.AsyncClient, job: str, secret: str) -> int | None:
     """The status the relay answered, or None when it died before answering."""
-    body = json.dumps({"id": job, "status": "PROCESSING", "progress_percent": 50}).encode()
-    headers = {"content-type": "application/json",
-               "sync-signature": sync_signature_header(secret, body, int(time.time()))}
+    body, headers = signed({"id": job, "status": "PROCESSING", "progress_percent": 50}, secret)
     try:
         response = await client.post("/hooks/lipsync", content=body, headers=headers)
     except httpx.HTTPError:
@@ -122,12 +118,9 @@ async def test_sigkill_mid_burst_loses_no_acknowledged_webhook_and_keeps_no_refu
     relay = RelayProcess(config, free_port()).start()
     try:
         async with httpx.AsyncClient(base_url=relay.url, timeout=10) as client:
-            marker = (await client.post(
-                "/hooks/lipsync", content=b'{"id": "marker", "status": "PENDING"}',
-                headers={"content-type": "application/json",
-                         "sync-signature": sync_signature_header(
-                             SECRET, b'{"id": "marker", "status": "PENDING"}',
-                             int(time.time()))})).json()["cursor"]
+            body, headers = signed({"id": "marker", "status": "PENDING"}, SECRET)
+            marker = (await client.post("/hooks/lipsync", content=body, headers=headers)
+                      ).json()["cursor"]
         outcomes = await burst_then_kill(relay, jobs)
     finally:
         relay.kill()

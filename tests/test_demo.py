@@ -15,15 +15,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import free_port
+from tests.browser import ARTIFACTS, page, wait_until
+from tests.support import Demo, free_port
+
+__all__ = ["page"]  # the fixture, used by name
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = "/usr/bin/chromium"
-ARTIFACTS = Path(__file__).parent.parent / "artifacts"
-BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update",
-                "--disable-sync"]
 PROGRESS = re.compile(
     r"relay demo: \d+ jobs?: \d+ (queued|running|succeeded|failed|canceled)"
     r"(, \d+ (queued|running|succeeded|failed|canceled))*")
@@ -153,41 +151,6 @@ def test_ctrl_c_while_the_demo_runs_stops_it_promptly_and_cleanly(tmp_path):
             assert summary and summary.group(1) == "interrupted", out
 
 
-class Demo:
-    def __init__(self, directory: Path, port: int) -> None:
-        self.directory = directory
-        self.port = port
-        self.url = f"http://127.0.0.1:{port}"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with (self.directory / "demo.log").open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "relay", "demo", "--port", str(self.port),
-                 "--dir", str(self.directory)], stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        raise RuntimeError((self.directory / "demo.log").read_text()[-2000:])
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(10)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-
-
 @pytest.fixture
 def demo(tmp_path) -> Iterator[Demo]:
     running = Demo(tmp_path, free_port())
@@ -196,29 +159,8 @@ def demo(tmp_path) -> Iterator[Demo]:
     running.stop()
 
 
-@pytest.fixture
-def page():
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"no browser at {CHROMIUM} (.ci/run installs Debian's chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
-        yield browser.new_page(viewport={"width": 1280, "height": 720})
-        browser.close()
-
-
 BARS = """() => [...document.querySelectorAll('#jobs tr')].map(tr => [
     tr.dataset.id, tr.dataset.state, parseFloat(tr.querySelector('.bar span').style.width || 0)])"""
-
-
-def wait_until(page, predicate, timeout: float = 20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        page.wait_for_timeout(100)
-    raise AssertionError("the dashboard did not get there in time")
 
 
 GENERATION_BARS = """() => [...document.querySelectorAll('#jobs tr[data-provider="lipsync"]')]

@@ -19,16 +19,19 @@ import pytest
 
 from relay.app import create_app
 from relay.runtime.server import serving
+from tests.senders import WEBHOOK_SECRET, signed
 from tests.support import (
-    WEBHOOK_SECRET,
     RelayProcess,
     eventually,
     free_port,
     make_settings,
+    metric,
+    metrics,
+    raise_open_files_limit,
     redis_url,
     running_relay,
+    server_side_open,
 )
-from tests.test_subscribers import metric, metrics, raise_open_files_limit, server_side_open
 
 pytestmark = pytest.mark.anyio
 
@@ -97,12 +100,8 @@ class Connection:
 
 
 def _webhook(relay_url: str, external_id: str, **fields: Any) -> tuple[str, dict[str, str], bytes]:
-    from relay.signing import sync_signature_header
-
-    body = json.dumps({"id": external_id, "status": "PROCESSING", **fields}).encode()
-    return f"{relay_url}/hooks/gen", {
-        "content-type": "application/json",
-        "sync-signature": sync_signature_header(WEBHOOK_SECRET, body, int(time.time()))}, body
+    body, headers = signed({"id": external_id, "status": "PROCESSING", **fields})
+    return f"{relay_url}/hooks/gen", headers, body
 
 
 # -- a client that stops reading ------------------------------------------------------------

@@ -10,13 +10,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import hashlib
-import hmac
 import json
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Mapping
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +23,16 @@ from standardwebhooks.webhooks import Webhook
 
 from relay.app import create_app
 from relay.config import Settings
-from relay.settings import parse_settings
-from relay.signing import standard_keys, standard_signature, sync_signature_header
+from relay.signing import standard_keys, standard_signature
+from tests.senders import (
+    PAYLOAD,
+    WEBHOOK_SECRET,
+    WHSEC,
+    encode,
+    primary_headers,
+    standard_headers,
+    sync_headers,
+)
 from tests.support import (
     Relay,
     RelayProcess,
@@ -35,14 +40,12 @@ from tests.support import (
     free_port,
     make_settings,
     running_relay,
+    settings_with,
 )
 
 pytestmark = pytest.mark.anyio
 
-SECRET = "test-webhook-secret"
-WHSEC = "whsec_" + base64.b64encode(bytes(range(32))).decode()
 WHSEC_NEXT = "whsec_" + base64.b64encode(bytes(range(100, 132))).decode()
-PAYLOAD = {"id": "job-1", "status": "PROCESSING", "progress_percent": 40}
 
 
 @contextlib.asynccontextmanager
@@ -55,37 +58,9 @@ async def asgi_relay(settings: Settings | None = None) -> AsyncIterator[Relay]:
         yield Relay("http://relay", app.state.store, client)
 
 
-def settings_for(store: str = "memory://", **providers: dict[str, Any]) -> Settings:
-    return parse_settings({"server": {"store": store}, "providers": providers})
-
-
-def sync_headers(body: bytes, secret: str = SECRET, stamp: int | None = None) -> dict[str, str]:
-    stamp = int(time.time()) if stamp is None else stamp
-    return {"content-type": "application/json",
-            "sync-signature": sync_signature_header(secret, body, stamp)}
-
-
-def primary_headers(body: bytes, secret: str = SECRET) -> dict[str, str]:
-    digest = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-    return {"content-type": "application/json", "x-signature-primary": digest}
-
-
-def standard_headers(body: bytes, secret: str = WHSEC, msg_id: str = "msg_1",
-                     stamp: int | None = None) -> dict[str, str]:
-    """Signed by the standardwebhooks package, as a Standard Webhooks sender would."""
-    moment = datetime.fromtimestamp(int(time.time()) if stamp is None else stamp, UTC)
-    signature = Webhook(secret).sign(msg_id, moment, body.decode())
-    return {"content-type": "application/json", "webhook-id": msg_id,
-            "webhook-timestamp": str(int(moment.timestamp())), "webhook-signature": signature}
-
-
 async def post(client: httpx.AsyncClient, path: str, body: bytes,
                headers: Mapping[str, str]) -> httpx.Response:
     return await client.post(path, content=body, headers=dict(headers))
-
-
-def encode(payload: Mapping[str, Any]) -> bytes:
-    return json.dumps(payload).encode()
 
 
 async def nothing_stored(relay: Any) -> bool:
@@ -117,9 +92,7 @@ async def test_sync_signature_over_the_compact_reserialised_body_is_accepted():
     async with asgi_relay() as relay:
         sent = json.dumps(PAYLOAD, indent=2).encode()  # what goes on the wire
         signed = json.dumps(PAYLOAD, separators=(",", ":")).encode()  # what the sender signed
-        headers = {"content-type": "application/json",
-                   "sync-signature": sync_signature_header(SECRET, signed, int(time.time()))}
-        response = await post(relay.client, "/hooks/gen", sent, headers)
+        response = await post(relay.client, "/hooks/gen", sent, sync_headers(signed))
         assert response.status_code == 202, response.text
 
 
@@ -150,7 +123,7 @@ async def test_a_bad_sync_signature_is_refused_and_stores_nothing(case):
 
 
 async def test_the_signature_tolerance_is_configurable():
-    settings = settings_for(strict={"schema": "generation", "webhook_secret": SECRET,
+    settings = settings_with(strict={"schema": "generation", "webhook_secret": WEBHOOK_SECRET,
                                     "signature_tolerance": 10})
     async with asgi_relay(settings) as relay:
         body = encode(PAYLOAD)
@@ -195,7 +168,7 @@ async def test_a_bad_x_signature_primary_is_refused_and_stores_nothing(case):
 # -- Standard Webhooks ------------------------------------------------------------------------
 
 def standard_settings(*secrets: str) -> Settings:
-    return settings_for(std={"schema": "generation", "webhook_secret": list(secrets)})
+    return settings_with(std={"schema": "generation", "webhook_secret": list(secrets)})
 
 
 async def test_standard_webhooks_signed_by_the_standardwebhooks_package_are_accepted():
@@ -260,7 +233,7 @@ async def test_an_unpadded_whsec_secret_works_as_the_package_reads_it():
 
 @pytest.mark.parametrize("secret", ["old-secret", "new-secret"])
 async def test_either_of_two_rotating_secrets_is_accepted_by_every_mode(secret):
-    settings = settings_for(rot={"schema": "generation",
+    settings = settings_with(rot={"schema": "generation",
                                  "webhook_secret": ["old-secret", "new-secret"]})
     async with asgi_relay(settings) as relay:
         for mode, sign in [("sync", sync_headers), ("primary", primary_headers)]:
@@ -541,8 +514,8 @@ async def stream_until_answered(port: int, total: int, chunk: int = 65536) -> tu
 @pytest.mark.slow
 async def test_a_100_mb_streamed_body_is_refused_early_without_being_held_in_memory(tmp_path):
     config = tmp_path / "relay.toml"
-    config.write_text(f'[server]\nstore = "sqlite:///{tmp_path}/relay.db"\n\n'
-                      f'[providers.gen]\nschema = "generation"\nwebhook_secret = "{SECRET}"\n')
+    config.write_text(f'[server]\nstore = "sqlite:///{tmp_path}/relay.db"\n\n[providers.gen]\n'
+                      f'schema = "generation"\nwebhook_secret = "{WEBHOOK_SECRET}"\n')
     relay = RelayProcess(config, free_port()).start()
     try:
         assert relay.process is not None

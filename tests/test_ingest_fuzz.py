@@ -29,7 +29,8 @@ from hypothesis import strategies as st
 from relay.app import create_app
 from relay.signing import standard_keys, standard_signature, sync_signature_header
 from relay.store import Store
-from tests.support import WEBHOOK_SECRET, make_settings
+from tests.senders import WEBHOOK_SECRET
+from tests.support import make_settings
 
 PROVIDERS = ("gen", "stories", "jobs")
 MAX_BODY = 4096  # small, so that bodies over the cap are cheap to generate

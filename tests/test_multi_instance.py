@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import time
@@ -11,40 +10,21 @@ from pathlib import Path
 import httpx
 import pytest
 
-from relay.signing import sync_signature_header
-from tests.support import WEBHOOK_SECRET, RelayProcess, free_port, redis_url, sse
+from tests.senders import signed
+from tests.support import RelayProcess, free_port, gen_config, redis_url, sse
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 DEPLOY = Path(__file__).parent.parent / "deploy"
 
 
-def write_config(tmp_path: Path, store: str) -> Path:
-    path = tmp_path / "relay.toml"
-    path.write_text(f"""
-[server]
-store = "{store}"
-[providers.gen]
-schema = "generation"
-webhook_secret = "{WEBHOOK_SECRET}"
-""")
-    return path
-
-
 @pytest.fixture
 def two_instances(tmp_path):
-    config = write_config(tmp_path, redis_url())
+    config = gen_config(tmp_path, redis_url())
     instances = [RelayProcess(config, free_port()).start() for _ in range(2)]
     yield instances
     for instance in instances:
         instance.stop()
-
-
-def signed(payload: dict) -> tuple[bytes, dict[str, str]]:
-    body = json.dumps(payload).encode()
-    return body, {"content-type": "application/json",
-                  "sync-signature": sync_signature_header(WEBHOOK_SECRET, body,
-                                                          int(time.time()))}
 
 
 async def post_updates(url: str, count: int) -> list[str]:

@@ -23,7 +23,8 @@ from hypothesis import HealthCheck, settings
 
 from relay import __version__
 from relay.http.openapi import document
-from tests.support import WEBHOOK_SECRET, RelayProcess, free_port
+from tests.senders import WEBHOOK_SECRET
+from tests.support import RelayProcess, free_port
 
 API_KEY = "openapi-fuzz-key-0123456789"
 EXAMPLES = int(os.environ.get("RELAY_FUZZ_EXAMPLES", "12"))

@@ -12,8 +12,7 @@ from typing import Any
 import pytest
 
 from relay.sim import Fault, jobstatus_timeline
-from tests.support import Relay, eventually, redis_url, running_relay, sse
-from tests.test_outbound import (
+from tests.consumers import (
     Consumer,
     outbound_settings,
     serving_consumer,
@@ -21,7 +20,8 @@ from tests.test_outbound import (
     update,
     verified,
 )
-from tests.test_polling import KEY, counter, final, relay_for, settings_for, simulators
+from tests.simulated import KEY, counter, final, relay_for, settings_for, simulators
+from tests.support import Relay, eventually, redis_url, running_relay, sse
 
 pytestmark = pytest.mark.anyio
 

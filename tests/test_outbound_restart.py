@@ -9,8 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.consumers import SCALE, SECRET, Consumer, serving_consumer, verified
 from tests.support import RelayProcess, eventually, free_port
-from tests.test_outbound import SCALE, SECRET, Consumer, serving_consumer, verified
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 

@@ -32,8 +32,7 @@ from relay.runtime.metrics import Metrics
 from relay.settings import parse_settings
 from relay.store import Store, open_store
 from relay.store.outbox import Attempt, DeliveryStatus, Health, Outcome, Subscription
-from tests.support import WEBHOOK_SECRET, Relay, eventually, redis_url, running_relay
-from tests.test_outbound import (
+from tests.consumers import (
     SCALE,
     SECRET,
     Consumer,
@@ -43,6 +42,8 @@ from tests.test_outbound import (
     subscribe,
     update,
 )
+from tests.senders import WEBHOOK_SECRET
+from tests.support import Relay, eventually, redis_url, running_relay
 
 pytestmark = pytest.mark.anyio
 

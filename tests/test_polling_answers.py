@@ -12,9 +12,8 @@ import pytest
 from relay.ingest.providers import MAX_ANSWER
 from relay.settings import parse_settings
 from relay.sim import Fault, generation_timeline, jobstatus_timeline
+from tests.simulated import counter, final, history, relay_for, settings_for, simulators
 from tests.support import eventually, free_port
-from tests.test_polling import counter, final, relay_for, settings_for, simulators
-from tests.test_polling_progress import history
 
 pytestmark = pytest.mark.anyio
 

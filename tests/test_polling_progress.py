@@ -11,8 +11,8 @@ from urllib.parse import parse_qs
 import pytest
 
 from relay.sim import Fault, generation_timeline, jobstatus_timeline, story_timeline
+from tests.simulated import counter, final, history, relay_for, settings_for, simulators
 from tests.support import eventually
-from tests.test_polling import counter, final, relay_for, settings_for, simulators
 
 pytestmark = pytest.mark.anyio
 
@@ -30,11 +30,6 @@ class Queried:
             query = {k: v[-1] for k, v in parse_qs(scope["query_string"].decode()).items()}
             self.seen.append((scope["path"], query))
         await self.app(scope, receive, send)
-
-
-async def history(relay: Any, job_id: str) -> list[dict[str, Any]]:
-    response = await relay.client.get(f"/v1/jobs/{job_id}/history")
-    return response.json()["events"]  # type: ignore[no-any-return]
 
 
 # -- generation: progress, and jobs that will never call back ---------------------------------

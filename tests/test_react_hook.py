@@ -16,8 +16,8 @@ import pytest
 from relay.app import create_app
 from relay.runtime.server import serving_in_thread
 from tests.browser import page, wait_until
+from tests.senders import post_update
 from tests.support import make_settings
-from tests.test_browser_client import webhook
 
 __all__ = ["page"]  # the fixture, used by name
 
@@ -117,9 +117,9 @@ def test_the_readme_hook_renders_a_job_live_and_lets_go_when_unmounted(page, rea
         page.evaluate("id => window.show(id)", first.json()["job"]["id"])
         # Streams need a token here (the relay has API keys): it came from the callback.
         page.wait_for_selector('#job[data-state="queued"]')
-        webhook(url, "hook-1", "PROCESSING", 50)
+        post_update(url, "hook-1", "PROCESSING", 50)
         page.wait_for_selector("#job:has-text('running v2')")
-        webhook(url, "hook-1", "COMPLETED")
+        post_update(url, "hook-1", "COMPLETED")
         page.wait_for_selector("#job:has-text('succeeded v3')")
         # Re-rendered with a new callback each time, it still opened one stream only.
         assert page.evaluate("window.tokenCalls") == 1

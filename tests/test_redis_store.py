@@ -15,8 +15,7 @@ import redis.asyncio as aioredis
 from relay.errors import CursorExpired, UnknownCursor
 from relay.models import Source, State
 from relay.store import open_store
-from tests.support import REDIS, redis_url, wipe_redis
-from tests.test_store_contract import NOW, bump, job, put
+from tests.support import NOW, REDIS, bump, job, put, redis_url, wipe_redis
 
 pytestmark = pytest.mark.anyio
 

@@ -12,21 +12,20 @@ import pytest
 
 from relay.signing import COMPACT_MAX
 from relay.store import open_store
-from tests.support import redis_url, running_relay
-from tests.test_ingest import (
+from tests.senders import (
     PAYLOAD,
-    SECRET,
+    WEBHOOK_SECRET,
     WHSEC,
     encode,
     primary_headers,
-    settings_for,
     standard_headers,
     sync_headers,
 )
+from tests.support import redis_url, running_relay, settings_with
 
 pytestmark = pytest.mark.anyio
 
-GEN = {"schema": "generation", "webhook_secret": SECRET}
+GEN = {"schema": "generation", "webhook_secret": WEBHOOK_SECRET}
 STD = {"schema": "generation", "webhook_secret": WHSEC}
 EARLY = encode({**PAYLOAD, "status": "PROCESSING", "progress_percent": 10})
 LATER = encode({**PAYLOAD, "status": "PROCESSING", "progress_percent": 60})
@@ -37,7 +36,7 @@ async def test_a_replayed_delivery_after_a_newer_update_is_a_duplicate(scheme):
     headers = {"sync": lambda body: sync_headers(body), "primary": primary_headers,
                "standard": lambda body: standard_headers(body, msg_id=f"m{hash(body)}")}[scheme]
     provider = "std" if scheme == "standard" else "gen"
-    async with running_relay(settings_for(gen=GEN, std=STD)) as relay:
+    async with running_relay(settings_with(gen=GEN, std=STD)) as relay:
         early = headers(EARLY)
         first = await relay.client.post(f"/hooks/{provider}", content=EARLY, headers=early)
         newer = await relay.client.post(f"/hooks/{provider}", content=LATER,
@@ -51,7 +50,7 @@ async def test_a_replayed_delivery_after_a_newer_update_is_a_duplicate(scheme):
 
 
 async def test_a_replay_is_remembered_across_a_restart(tmp_path):
-    settings = settings_for(f"sqlite:///{tmp_path / 'relay.db'}", gen=GEN)
+    settings = settings_with(f"sqlite:///{tmp_path / 'relay.db'}", gen=GEN)
     signed = primary_headers(EARLY)  # no timestamp: a replay may come any time
     async with running_relay(settings) as relay:
         assert (await relay.client.post("/hooks/gen", content=EARLY, headers=signed)
@@ -63,7 +62,7 @@ async def test_a_replay_is_remembered_across_a_restart(tmp_path):
 
 async def test_a_replay_to_another_instance_on_the_same_redis_is_a_duplicate():
     url = redis_url()
-    settings = settings_for(url, gen=GEN)
+    settings = settings_with(url, gen=GEN)
     signed = sync_headers(EARLY)
     async with running_relay(settings, store=open_store(url)) as one, \
             running_relay(settings, store=open_store(url)) as two:
@@ -73,7 +72,7 @@ async def test_a_replay_to_another_instance_on_the_same_redis_is_a_duplicate():
 
 
 async def test_a_request_without_a_signature_is_refused_before_its_body_is_read():
-    async with running_relay(settings_for(gen=GEN)) as relay:
+    async with running_relay(settings_with(gen=GEN)) as relay:
         url = httpx.URL(relay.url)
         reader, writer = await asyncio.open_connection(url.host, url.port)
         # A body of 100 MB is announced; none of it is sent: the answer comes anyway.
@@ -89,7 +88,7 @@ async def test_the_compact_json_fallback_is_only_for_bodies_of_a_webhooks_size()
     """Re-serialising a body costs a parse and two dumps (about 100 ms for a megabyte), so a
     body over COMPACT_MAX is checked as sent only: a large body signed over another
     serialisation is refused, a small one is not."""
-    async with running_relay(settings_for(gen=GEN)) as relay:
+    async with running_relay(settings_with(gen=GEN)) as relay:
         for size, expected in [(10, 202), (COMPACT_MAX, 401)]:
             payload = {**PAYLOAD, "id": f"size-{size}", "pad": "x" * size}
             sent = json.dumps(payload, indent=2).encode()  # what goes on the wire

@@ -30,8 +30,8 @@ from relay.store import finished, open_store
 from relay.store.redis import RedisStore
 from relay.store.retention import Retention
 from relay.store.sqlite import SQLiteStore
+from tests.consumers import Consumer, serving_consumer, subscribe
 from tests.support import Relay, current_jobs, eventually, make_settings, redis_url, sse
-from tests.test_outbound import Consumer, serving_consumer, subscribe
 
 pytestmark = pytest.mark.anyio
 

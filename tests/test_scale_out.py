@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import time
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -31,6 +30,8 @@ from relay.runtime.server import serving, serving_in_thread
 from relay.settings import parse_settings
 from relay.sim import JobStatusProvider, jobstatus_timeline
 from relay.store import open_store
+from tests.browser import opened_page, wait_until
+from tests.senders import signed
 from tests.support import (
     RelayProcess,
     SSEEvent,
@@ -38,14 +39,12 @@ from tests.support import (
     current_jobs,
     eventually,
     free_port,
+    gen_config,
     make_settings,
     redis_url,
     running_relay,
     sse,
 )
-from tests.test_demo import BROWSER_ARGS, CHROMIUM, wait_until
-from tests.test_multi_instance import signed
-from tests.test_multi_instance import write_config as webhook_config
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -289,19 +288,6 @@ async def test_a_cursor_older_than_retention_gets_relay_reset_then_the_current_s
             assert await stream.closed()
 
 
-@contextlib.contextmanager
-def browser_page() -> Iterator[Any]:
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"no browser at {CHROMIUM} (.ci/run installs Debian's chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
-        try:
-            yield browser.new_page(viewport={"width": 1280, "height": 720})
-        finally:
-            browser.close()
-
-
 ROWS = """() => [...document.querySelectorAll('#jobs tr')].map(tr => [
     tr.children[2].textContent, tr.dataset.state, tr.querySelector('.bar span').style.width])"""
 
@@ -312,10 +298,10 @@ def post(url: str, payload: dict[str, Any]) -> None:
 
 
 def test_the_dashboard_resumes_from_an_expired_cursor_by_itself(tmp_path):
-    config = webhook_config(tmp_path, redis_url(retention="1"))
+    config = gen_config(tmp_path, redis_url(retention="1"))
     shown, other = (RelayProcess(config, free_port()).start() for _ in range(2))
     try:
-        with browser_page() as page:
+        with opened_page() as page:
             console: list[str] = []
             page.on("console", lambda message: console.append(message.text))
             page.goto(shown.url + "/")

@@ -31,11 +31,10 @@ from relay.store.outbox import (
     SubscriptionStatus,
     event_kinds,
 )
-from tests.support import redis_url, wipe_redis
+from tests.support import NOW, bump, job, put, redis_url, wipe_redis
 
 pytestmark = pytest.mark.anyio
 
-NOW = "2026-01-01T00:00:00.000Z"
 
 
 @pytest.fixture(params=["memory", "sqlite", "redis"])
@@ -49,30 +48,6 @@ async def store(request, tmp_path) -> AsyncIterator[Store]:
     await backend.open()
     yield backend
     await backend.close()
-
-
-def job(external_id: str, *, provider: str = "p", version: int = 1, state: State = State.QUEUED,
-        topics: tuple[str, ...] = ()) -> Job:
-    job_id = f"id-{provider}-{external_id}"
-    return Job(id=job_id, provider=provider, schema="generation", external_id=external_id,
-               state=state, version=version,
-               topics=(f"job:{job_id}", f"provider:{provider}", *topics))
-
-
-def create(new: Job):
-    return lambda current: new if current is None else None
-
-
-def bump(state: State | None = None):
-    def change(current: Job | None) -> Job | None:
-        assert current is not None
-        return current.replace(version=current.version + 1, state=state or current.state)
-    return change
-
-
-async def put(store: Store, new: Job, **kwargs):
-    return await store.apply(new.provider, new.external_id, create(new), source=Source.API,
-                             received_at=NOW, **kwargs)
 
 
 async def test_apply_creates_a_job_and_returns_its_event(store):

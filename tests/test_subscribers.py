@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import resource
 import signal
 import socket
 import time
@@ -18,16 +17,19 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from relay.signing import sync_signature_header
 from relay.tokens import Tokens
+from tests.senders import WEBHOOK_SECRET, signed
 from tests.support import (
-    WEBHOOK_SECRET,
     RelayProcess,
     eventually,
     free_port,
     make_settings,
+    metric,
+    metrics,
+    raise_open_files_limit,
     redis_url,
     running_relay,
+    server_side_open,
     sse,
     wipe_redis,
 )
@@ -76,32 +78,6 @@ class RawSSE:
 
     def close(self) -> None:
         self.writer.close()
-
-
-def raise_open_files_limit(needed: int) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and soft < needed:
-        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-
-
-def metric(text: str, name: str) -> float:
-    """The value of an unlabelled sample in Prometheus text."""
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    raise AssertionError(f"{name} not in metrics")
-
-
-async def metrics(client: httpx.AsyncClient) -> str:
-    return (await client.get("/metrics")).text
-
-
-def server_side_open(server_port: int, client_port: int) -> bool:
-    """Whether the server still holds its end of the connection from `client_port`."""
-    wanted = (f"0100007F:{server_port:04X}", f"0100007F:{client_port:04X}")
-    with open("/proc/net/tcp") as table:
-        return any(tuple(row.split()[1:3]) == wanted for row in list(table)[1:])
 
 
 # -- tokens and topics ----------------------------------------------------------------------
@@ -396,12 +372,9 @@ async def _fill(client: httpx.AsyncClient, external_id: str, count: int) -> None
     for start in range(0, count, 10):
         posts = []
         for i in range(start, start + 10):
-            body = json.dumps({"id": external_id, "status": "PROCESSING",
-                               "outputUrl": f"https://cdn.example/{i}",
-                               "segments": ["x" * 4000] * 16}).encode()
-            headers = {"content-type": "application/json",
-                       "sync-signature": sync_signature_header(WEBHOOK_SECRET, body,
-                                                               int(time.time()))}
+            body, headers = signed({"id": external_id, "status": "PROCESSING",
+                                    "outputUrl": f"https://cdn.example/{i}",
+                                    "segments": ["x" * 4000] * 16})
             posts.append(client.post("/hooks/gen", content=body, headers=headers))
         assert {answer.status_code for answer in await asyncio.gather(*posts)} == {202}
 
