@@ -353,11 +353,10 @@ class Demo:
                  "--dir", str(self.directory)], stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
-            try:
+            with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
                     return
-            except httpx.HTTPError:
-                time.sleep(0.1)
+            time.sleep(0.1)
         raise RuntimeError((self.directory / "demo.log").read_text()[-2000:])
 
     def kill(self) -> None:
