@@ -10,7 +10,6 @@ bytes, then parse, normalise and store. Only a committed update is answered 202;
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
@@ -19,6 +18,7 @@ from urllib.parse import unquote
 
 from starlette.routing import Route
 
+from relay import codec
 from relay.config import ProviderConfig
 from relay.errors import ApiError, PayloadError, Refused, StoreError, Unverified
 from relay.http.errors import REFUSAL_STATUS, valid_request_id
@@ -62,7 +62,7 @@ class Hooks:
             status, answer, extra = _error(exc, rid)
         else:
             extra = []
-        body = json.dumps(answer, separators=(",", ":")).encode()
+        body = codec.dumpb(answer)
         try:
             await send({"type": "http.response.start", "status": status, "headers": [
                 (b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)),

@@ -3,13 +3,13 @@ query parameters. Anything wrong is an `ApiError` that names the field."""
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
 
+from relay import codec
 from relay.errors import ApiError
 from relay.limits import API_BODY_BYTES, TEXT_LENGTH, topics_problem
 
@@ -40,7 +40,7 @@ def _too_large(limit: int) -> ApiError:
 
 def parse_json(body: bytes) -> Any:
     try:
-        return json.loads(body)
+        return codec.loads(body)
     except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise ApiError(f"the body is not valid JSON: {exc}", code="invalid_json") from None
     except RecursionError:

@@ -6,7 +6,6 @@ through a `Lanes` client (which keeps no cookies), to the address the SSRF guard
 from __future__ import annotations
 
 import functools
-import json
 import ssl
 import time
 from dataclasses import dataclass
@@ -14,6 +13,7 @@ from http.cookiejar import CookieJar, DefaultCookiePolicy
 
 import httpx
 
+from relay import codec
 from relay.errors import TargetError
 from relay.models import Event, isoformat, utcnow
 from relay.outbound.targets import Guard
@@ -29,8 +29,8 @@ Lane = httpx.AsyncClient
 
 
 def payload(event: Event) -> bytes:
-    return json.dumps({"type": "job.updated", "timestamp": event.received_at,
-                       "data": event.job.to_dict()}, separators=(",", ":")).encode()
+    return codec.dumpb({"type": "job.updated", "timestamp": event.received_at,
+                        "data": event.job.to_dict()})
 
 
 def signed_headers(key: bytes, webhook_id: str, timestamp: int, body: bytes) -> dict[str, str]:

@@ -42,6 +42,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
+from relay import codec
 from relay.errors import CursorExpired, StoreError, UnknownCursor
 from relay.models import Event, Job, Source
 from relay.store import DEDUPE_WINDOW, Applied, Change, JobQuery, Store, finished
@@ -57,7 +58,6 @@ logger = logging.getLogger(__name__)
 MAX_BATCH = 1000
 MAX_CACHED = 4096
 MAX_TAIL = 2048
-_COMPACT = json.JSONEncoder(separators=(",", ":"))  # made once: json.dumps makes one a call
 PRUNE_BATCH = 5000
 """Rows one compaction step deletes (old dedupe keys, old finished deliveries)."""
 VACUUM_PAGES = 2048
@@ -574,7 +574,7 @@ class _Batch:
 
     def _event(self, write: _Write, current: Job | None, new: Job) -> Event:
         self.seq += 1
-        body = _COMPACT.encode(new.to_dict())
+        body = codec.dumps(new.to_dict())
         self.events.append((self.seq, new.id, write.source.value, write.received_at, body))
         self.rows.append((new.id, new.provider, new.external_id, new.state.value, new.terminal,
                           self.seq, body, finished(new)))
@@ -731,6 +731,6 @@ def _where(query: JobQuery) -> tuple[str, list[Any]]:
 
 
 def _job(body: str) -> Job:
-    return Job.from_dict(json.loads(body))
+    return Job.from_dict(codec.loads(body))
 
 
