@@ -30,8 +30,9 @@ _STANDARD = json.JSONEncoder(separators=(",", ":"))
 def loads(document: bytes | str) -> Any:
     """The value of a JSON document, as `json.loads` reads it; ValueError (JSONDecodeError,
     UnicodeDecodeError) or RecursionError for one it cannot read."""
-    long_integer = (_LONG_INTEGER_BYTES if isinstance(document, bytes) else _LONG_INTEGER_TEXT)
-    if long_integer.search(document) is None:  # type: ignore[arg-type]
+    long_integer = (_LONG_INTEGER_BYTES.search(document) if isinstance(document, bytes)
+                    else _LONG_INTEGER_TEXT.search(document))
+    if long_integer is None:
         try:
             return orjson.loads(document)
         except orjson.JSONDecodeError:
