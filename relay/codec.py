@@ -1,7 +1,7 @@
-"""JSON on the relay's hot paths: webhook and API bodies, the job in the store, in SSE frames
-and in outbound deliveries. orjson parses and writes it in a tenth of the time the standard
-library takes, which was some 10 % of the relay's CPU per webhook
-(tests/benchmarks/bench_ingest.py).
+"""JSON on the relay's hot paths: webhook and API bodies, and the job's JSON (`Job.to_json`,
+`Job.from_json`) in the store, in SSE frames and in outbound deliveries. orjson parses and
+writes it in a tenth of the time the standard library takes, which was some 10 % of the relay's
+CPU per webhook (tests/benchmarks/bench_ingest.py).
 
 The standard library stays the judge of what a document means. Where orjson would differ,
 `json` does the work:
@@ -48,7 +48,7 @@ def dumps(value: Any) -> str:
         return _STANDARD.encode(value)
 
 
-def dumpb(value: Any) -> bytes:
+def dumps_bytes(value: Any) -> bytes:
     """`value` as compact JSON, UTF-8 encoded."""
     try:
         return orjson.dumps(value)

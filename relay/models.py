@@ -2,18 +2,19 @@
 
 `Update` is what an adapter reads out of one provider payload; `Job` is the merged state the
 relay serves; `Event` is one stored change of a job, with its cursor.
-This module imports nothing from relay.
+This module imports nothing from relay but its JSON codec (relay.codec).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, NamedTuple, Protocol
+
+from relay.codec import dumps, loads
 
 JSON = dict[str, Any]
 OPS_TOPIC = "relay:ops"
@@ -136,6 +137,14 @@ class Job:
             "version": self.version,
         }
 
+    def to_json(self) -> str:
+        """The job as stored, framed and delivered: `to_dict` as compact JSON."""
+        return dumps(self.to_dict())
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Job:
+        return cls.from_dict(loads(text))
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Job:
         metadata, provider_data = _split_legacy(data)
@@ -231,7 +240,7 @@ class Event:
     @property
     def job(self) -> Job:
         if self._job is None:
-            self._job = Job.from_dict(json.loads(self._body))
+            self._job = Job.from_json(self._body)
             self._body = ""
         return self._job
 

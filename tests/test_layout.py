@@ -12,8 +12,9 @@ from pathlib import Path
 RELAY = Path(__file__).parent.parent / "relay"
 
 LAYERS = {
+    "relay.codec": -1,  # JSON, below the model: a job's JSON is the model's own
     "relay": 0,  # the package itself: its version
-    "relay.models": 0, "relay.errors": 0, "relay.limits": 0, "relay.codec": 0,
+    "relay.models": 0, "relay.errors": 0, "relay.limits": 0,
     "relay.config": 1, "relay.signing": 1, "relay.tokens": 1, "relay.runtime": 1,
     "relay.normalise": 2,
     "relay.store": 3,

@@ -14,7 +14,6 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from relay import codec
 from relay.models import Event
 
 RETRY_MS = 3000
@@ -54,7 +53,7 @@ def message(data: str, *, event: str | None = None, id: str | None = None) -> by
 
 def encode(event: Event) -> Frame:
     job = event.job
-    body = codec.dumps(job.to_dict())
+    body = job.to_json()
     data = message(body, event=JOB_UPDATED, id=event.cursor)
     return Frame(event.cursor, job.id, job.version, job.terminal, data, chunked(data))
 

@@ -62,7 +62,7 @@ class Hooks:
             status, answer, extra = _error(exc, rid)
         else:
             extra = []
-        body = codec.dumpb(answer)
+        body = codec.dumps_bytes(answer)
         try:
             await send({"type": "http.response.start", "status": status, "headers": [
                 (b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)),

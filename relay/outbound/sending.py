@@ -29,7 +29,7 @@ Lane = httpx.AsyncClient
 
 
 def payload(event: Event) -> bytes:
-    return codec.dumpb({"type": "job.updated", "timestamp": event.received_at,
+    return codec.dumps_bytes({"type": "job.updated", "timestamp": event.received_at,
                         "data": event.job.to_dict()})
 
 

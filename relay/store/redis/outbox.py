@@ -497,7 +497,7 @@ def _health_args(h: Health) -> list[str | int | float]:
 
 def _delivery(delivery_id: str, f: dict[str, str], attempts: list[str], cursors: Cursors
               ) -> Delivery:
-    event = Event(cursors.cursor(f["c"]), Job.from_dict(json.loads(f["j"])), Source(f["s"]),
+    event = Event(cursors.cursor(f["c"]), Job.from_json(f["j"]), Source(f["s"]),
                   f["r"])
     return Delivery(delivery_id, f["sub"], event, DeliveryStatus(f["st"]), float(f["ca"]),
                     float(f["na"]), int(f["t"]), float(f["si"]),

@@ -47,7 +47,6 @@ from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 from redis.exceptions import NoScriptError, RedisError
 
-from relay import codec
 from relay.errors import CursorExpired, StoreError, UnknownCursor
 from relay.models import TERMINAL, Event, Job, JobHead, Source, State
 from relay.runtime.tasks import cancel_all
@@ -326,7 +325,7 @@ class RedisStore(Store):
         job = new or current
         args: list[str | int] = [
             write.dedupe_key or "", current.version if current is not None else -1,
-            codec.dumps(new.to_dict()) if new is not None else "",
+            new.to_json() if new is not None else "",
             job.id if job is not None else "", write.source.value, write.received_at,
             new.version if new is not None else 0,
             current.state.value if current is not None else "",
@@ -408,7 +407,7 @@ class RedisStore(Store):
     async def get(self, job_id: str) -> Job | None:
         async with translated():
             body = await self.redis.hget(self._key("job", job_id), "j")
-        return Job.from_dict(codec.loads(body)) if body else None
+        return Job.from_json(body) if body else None
 
     async def find(self, provider: str, external_id: str) -> Job | None:
         async with translated():
@@ -454,7 +453,7 @@ class RedisStore(Store):
             for job_id in ids:
                 pipe.hget(self._key("job", job_id), "j")
             bodies = await pipe.execute()
-        return [Job.from_dict(codec.loads(body)) for body in bodies if body]
+        return [Job.from_json(body) for body in bodies if body]
 
     async def latest(self, topics: Collection[str], limit: int = 100) -> list[Event]:
         async with translated():
@@ -644,7 +643,7 @@ class RedisStore(Store):
         if "T" in fields:
             return self._encoded(entry_id, *(fields[name] for name in _FIELDS))
         # Written before events carried their job's head.
-        return Event(self.cursors.cursor(entry_id), Job.from_dict(codec.loads(fields["j"])),
+        return Event(self.cursors.cursor(entry_id), Job.from_json(fields["j"]),
                      Source(fields["s"]), fields["r"])
 
     def _encoded(self, entry_id: str, body: str, source: str, received_at: str, job_id: str,
@@ -777,7 +776,7 @@ def _topics(encoded: str) -> tuple[str, ...]:
 
 
 def _job_of(body: str) -> Job | None:
-    return Job.from_dict(codec.loads(body)) if body else None
+    return Job.from_json(body) if body else None
 
 
 async def _drain(writes: asyncio.Queue[tuple[_Write, asyncio.Future[Applied]]]) -> None:

@@ -387,7 +387,7 @@ def _events_list(value: str | None) -> list[str] | None:
 def _delivery(row: tuple[Any, ...], cursors: Cursors) -> Delivery:
     (n, subscription_id, status, created_at, next_at, tries, since, attempts, by, reason,
      seq, source, received_at, job) = row
-    event = Event(cursors.cursor(seq), Job.from_dict(json.loads(job)), Source(source),
+    event = Event(cursors.cursor(seq), Job.from_json(job), Source(source),
                   received_at)
     tried = tuple(Attempt.from_dict(a) for a in json.loads(attempts))
     return Delivery(f"dlv_{n}", subscription_id, event, DeliveryStatus(status), created_at,

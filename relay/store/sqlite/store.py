@@ -42,7 +42,6 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
-from relay import codec
 from relay.errors import CursorExpired, StoreError, UnknownCursor
 from relay.models import Event, Job, Source
 from relay.store import DEDUPE_WINDOW, Applied, Change, JobQuery, Store, finished
@@ -367,13 +366,13 @@ class SQLiteStore(Store):
     async def get(self, job_id: str) -> Job | None:
         row = await self._db.read(lambda c: c.execute(
             "SELECT job FROM jobs WHERE id = ?", (job_id,)).fetchone())
-        return _job(row[0]) if row else None
+        return Job.from_json(row[0]) if row else None
 
     async def find(self, provider: str, external_id: str) -> Job | None:
         row = await self._db.read(lambda c: c.execute(
             "SELECT job FROM jobs WHERE provider = ? AND external_id = ?",
             (provider, external_id)).fetchone())
-        return _job(row[0]) if row else None
+        return Job.from_json(row[0]) if row else None
 
     async def list_jobs(self, query: JobQuery) -> tuple[list[Job], int]:
         where, params = _where(query)
@@ -382,7 +381,7 @@ class SQLiteStore(Store):
             total = conn.execute(f"SELECT count(*) FROM jobs{where}", params).fetchone()[0]
             rows = conn.execute(f"SELECT job FROM jobs{where} ORDER BY n DESC LIMIT ? OFFSET ?",
                                 [*params, query.limit, query.offset]).fetchall()
-            return [_job(row[0]) for row in rows], int(total)
+            return [Job.from_json(row[0]) for row in rows], int(total)
 
         return await self._db.read(run)
 
@@ -447,7 +446,7 @@ class SQLiteStore(Store):
 
     def _event(self, row: tuple[Any, ...]) -> Event:
         seq, source, received_at, body = row
-        return Event(self.cursors.cursor(seq), _job(body), Source(source), received_at)
+        return Event(self.cursors.cursor(seq), Job.from_json(body), Source(source), received_at)
 
 
 _Key = tuple[str, str]
@@ -564,7 +563,7 @@ class _Batch:
         if not known:
             row = self.conn.execute("SELECT job FROM jobs WHERE provider = ? AND external_id = ?",
                                     key).fetchone()
-            job = _job(row[0]) if row else None
+            job = Job.from_json(row[0]) if row else None
         self.jobs[key] = job
         return job
 
@@ -574,7 +573,7 @@ class _Batch:
 
     def _event(self, write: _Write, current: Job | None, new: Job) -> Event:
         self.seq += 1
-        body = codec.dumps(new.to_dict())
+        body = new.to_json()
         self.events.append((self.seq, new.id, write.source.value, write.received_at, body))
         self.rows.append((new.id, new.provider, new.external_id, new.state.value, new.terminal,
                           self.seq, body, finished(new)))
@@ -665,7 +664,7 @@ def _upgrade_jobs(conn: sqlite3.Connection) -> None:
         conn.execute("ALTER TABLE jobs ADD COLUMN finished REAL")
         rows = conn.execute("SELECT n, job FROM jobs WHERE terminal = 1").fetchall()
         conn.executemany("UPDATE jobs SET finished = ? WHERE n = ?",
-                         [(finished(_job(body)), n) for n, body in rows])
+                         [(finished(Job.from_json(body)), n) for n, body in rows])
         conn.execute("COMMIT")
     conn.execute("CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished)"
                  " WHERE finished IS NOT NULL")
@@ -728,9 +727,3 @@ def _where(query: JobQuery) -> tuple[str, list[Any]]:
         clauses.append("id IN (SELECT job_id FROM job_topics WHERE topic = ?)")
         params.append(query.topic)
     return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
-
-
-def _job(body: str) -> Job:
-    return Job.from_dict(codec.loads(body))
-
-
